@@ -1,0 +1,32 @@
+"""Slide sources: HEST-1k folders, raw Xenium bundles, PanNuke folds; all through fsspec URLs.
+
+A sample is addressed by a *reference*: ``ROOT#ID`` for a HEST-1k sample (``ROOT`` the folder
+holding ``metadata/``, ``wsis/``...), or the URL of a Xenium bundle folder.
+"""
+
+from __future__ import annotations
+
+from stx_platform import storage
+from stx_platform.sources.hest import list_hest_samples, read_hest_sample
+from stx_platform.sources.sample import Sample
+from stx_platform.sources.xenium import is_xenium_bundle, list_xenium_bundles, read_xenium_bundle
+
+__all__ = ["Sample", "list_samples", "read_sample", "read_hest_sample", "read_xenium_bundle"]
+
+
+def list_samples(url: str) -> list[str]:
+    """References of every sample under ``url``: HEST samples, Xenium bundles, or ``url`` itself."""
+    url = str(url).rstrip("/")
+    if is_xenium_bundle(url):
+        return [url]
+    refs = [f"{url}#{sid}" for sid in list_hest_samples(url)]
+    refs += [storage.join(url, name) for name in list_xenium_bundles(url)]
+    return refs
+
+
+def read_sample(ref: str, **kwargs) -> Sample:
+    """Read a sample from its reference (see module docstring)."""
+    if "#" in ref:
+        root, sid = ref.rsplit("#", 1)
+        return read_hest_sample(root, sid, **kwargs)
+    return read_xenium_bundle(ref, **kwargs)

@@ -1,0 +1,214 @@
+"""Whole-slide images: lazy region reads from pyramidal TIFFs, and a streaming pyramid writer.
+
+Reading goes through fsspec and tifffile's zarr view of the tiled image, so only the tiles a
+region touches are fetched and decoded (a local file, or ranged GETs on s3://); the image is
+never loaded whole. Writing renders and encodes level 0 strip by strip, keeping reduced levels
+on disk-backed arrays, in the layout HEST publishes (libvips-style: 256 x 256 tiles, LZW, each
+reduced level a further page with NewSubfileType=1).
+
+The TIFF resolution tag is not trusted for the pixel size: HEST's files carry a tag 10x off
+(HEST issue #106); callers take ``pixel_size_um_estimated`` from the metadata instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+
+import cv2
+import numpy as np
+import tifffile
+import zarr
+
+from stx_platform import storage
+from stx_platform.errors import SampleError
+
+TILE = 256
+
+
+class WSI:
+    """A lazily opened pyramidal RGB TIFF at an fsspec URL."""
+
+    def __init__(self, url: str, sample_id: str | None = None, file_label: str | None = None):
+        self.url = str(url)
+        self.sample_id = sample_id
+        self.file_label = file_label or os.path.basename(self.url)
+        self._fh = None
+        self._tif = None
+        self._levels: list | None = None
+
+    def _err(self, problem: str) -> SampleError:
+        return SampleError(self.sample_id, self.file_label, problem)
+
+    def _open(self):
+        if self._tif is not None:
+            return
+        try:
+            self._fh = storage.open_file(self.url, "rb")
+        except FileNotFoundError:
+            raise self._err("file not found") from None
+        try:
+            tif = tifffile.TiffFile(self._fh)
+            series = tif.series[0]
+            shape = series.shape
+            dtype = series.dtype
+        except Exception as e:  # tifffile raises many types on damaged files
+            self.close()
+            raise self._err(f"not a readable TIFF ({type(e).__name__}: {e})") from None
+        if len(shape) != 3 or shape[-1] not in (3, 4) or dtype != np.uint8:
+            self.close()
+            raise self._err(f"expected an 8-bit RGB image, found shape {shape} dtype {dtype}")
+        self._tif = tif
+        self._levels = [None] * len(series.levels)
+        self._shapes = [lv.shape for lv in series.levels]
+
+    def _level(self, level: int):
+        self._open()
+        if not 0 <= level < len(self._levels):
+            raise self._err(f"no pyramid level {level} (has {len(self._levels)})")
+        if self._levels[level] is None:
+            store = self._tif.series[0].aszarr(level=level)
+            self._levels[level] = zarr.open(store, mode="r")
+        return self._levels[level]
+
+    @property
+    def level_count(self) -> int:
+        self._open()
+        return len(self._shapes)
+
+    def level_dimensions(self, level: int = 0) -> tuple[int, int]:
+        """(width, height) of a level."""
+        self._open()
+        h, w = self._shapes[level][:2]
+        return int(w), int(h)
+
+    @property
+    def width(self) -> int:
+        return self.level_dimensions(0)[0]
+
+    @property
+    def height(self) -> int:
+        return self.level_dimensions(0)[1]
+
+    def level_downsample(self, level: int) -> float:
+        return self.width / self.level_dimensions(level)[0]
+
+    def read_region(self, x: int, y: int, w: int, h: int, level: int = 0, fill: int = 255) -> np.ndarray:
+        """RGB uint8 (h, w, 3) with top-left (x, y) in that level's pixels; outside the image is ``fill``."""
+        arr = self._level(level)
+        W, H = self.level_dimensions(level)
+        out = np.full((h, w, 3), fill, np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        try:
+            data = np.asarray(arr[y0:y1, x0:x1])
+        except Exception as e:
+            raise self._err(f"cannot decode region x={x0} y={y0} w={x1 - x0} h={y1 - y0} "
+                            f"({type(e).__name__}: {e}); the file may be truncated or corrupt") from None
+        out[y0 - y:y1 - y, x0 - x:x1 - x] = data[..., :3]
+        return out
+
+    def thumbnail(self, max_size: int = 1000) -> np.ndarray:
+        """Whole image downscaled so its longer side is ``max_size``, from the smallest adequate level."""
+        scale = max_size / max(self.width, self.height)
+        level = 0
+        for lv in range(self.level_count):
+            if max(self.level_dimensions(lv)) >= max_size:
+                level = lv
+        W, H = self.level_dimensions(level)
+        img = self.read_region(0, 0, W, H, level)
+        size = (max(1, round(self.width * scale)), max(1, round(self.height * scale)))
+        return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = self._tif = self._levels = None
+
+    def __getstate__(self):
+        return {"url": self.url, "sample_id": self.sample_id, "file_label": self.file_label}
+
+    def __setstate__(self, state):
+        self.__init__(state["url"], state["sample_id"], state["file_label"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WSI({self.url!r})"
+
+
+def write_pyramid_tiff(url: str, width: int, height: int, render: Callable[[int, int, int, int], np.ndarray],
+                       mpp: float, block: int = 1024, compression: str = "lzw", tag_mpp: float | None = None,
+                       progress: Callable[[int, int], None] | None = None, ome: bool = False) -> None:
+    """Write an RGB pyramidal TIFF whose level 0 is produced by ``render(x, y, w, h)``.
+
+    ``tag_mpp`` is the pixel size written in the resolution tags (defaults to ``mpp``; HEST's
+    own files say ``mpp / 10``). Reduced levels halve until the image fits in one tile. With
+    ``ome`` the file is an OME-TIFF (OME-XML with the physical pixel size, reduced levels in
+    SubIFDs), as H&E images beside Xenium bundles are.
+    """
+    levels = [(width, height)]
+    while max(levels[-1]) > TILE:
+        w, h = levels[-1]
+        levels.append((max(1, math.ceil(w / 2)), max(1, math.ceil(h / 2))))
+    tag_mpp = mpp if tag_mpp is None else tag_mpp
+    res = 1e4 / tag_mpp  # pixels per centimetre
+    big = width * height * 3 * 1.4 > 3.9e9
+    with storage.staged_output(url, ".tif") as local, tempfile.TemporaryDirectory(prefix="stx-pyr-") as tmpd:
+        reduced = [np.lib.format.open_memmap(os.path.join(tmpd, f"l{i}.npy"), "w+", np.uint8, (h, w, 3))
+                   for i, (w, h) in enumerate(levels[1:], 1)]
+        n_strips = math.ceil(height / block)
+
+        def level0_tiles() -> Iterator[np.ndarray]:
+            for si in range(n_strips):
+                y0 = si * block
+                bh = min(block, height - y0)
+                th = math.ceil(bh / TILE) * TILE
+                strip = np.full((th, math.ceil(width / TILE) * TILE, 3), 255, np.uint8)
+                for x0 in range(0, width, block):
+                    bw = min(block, width - x0)
+                    strip[:bh, x0:x0 + bw] = render(x0, y0, bw, bh)
+                _reduce_into(strip[:bh, :width], y0, reduced)
+                for ty in range(0, th, TILE):
+                    for tx in range(0, strip.shape[1], TILE):
+                        yield strip[ty:ty + TILE, tx:tx + TILE]
+                if progress:
+                    progress(si + 1, n_strips)
+
+        with tifffile.TiffWriter(local, bigtiff=big, ome=ome) as tw:
+            opts = dict(tile=(TILE, TILE), compression=compression, photometric="rgb",
+                        resolution=(res, res), resolutionunit="CENTIMETER", metadata=None)
+            first = dict(opts)
+            if ome:
+                first.update(subifds=len(reduced), metadata={
+                    "axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+                    "PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeYUnit": "\u00b5m"})
+            tw.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8, **first)
+            for i, arr in enumerate(reduced, 1):
+                r = res / (2 ** i)
+                tw.write(arr, subfiletype=1, **{**opts, "resolution": (r, r)})
+        del reduced
+
+
+def _reduce_into(strip: np.ndarray, y0: int, reduced: list[np.ndarray]) -> None:
+    """Downsample a level-0 strip (rows y0..) into each reduced level by successive 2x area means."""
+    cur, cy = strip, y0
+    for arr in reduced:
+        h2 = math.ceil(cur.shape[0] / 2)
+        y2 = cy // 2
+        h2 = min(h2, arr.shape[0] - y2)
+        if h2 <= 0:
+            return
+        w2 = arr.shape[1]
+        small = cv2.resize(cur, (w2, math.ceil(cur.shape[0] / 2)), interpolation=cv2.INTER_AREA)
+        arr[y2:y2 + h2] = small[:h2]
+        cur, cy = small[:h2], y2

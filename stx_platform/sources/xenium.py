@@ -1,0 +1,177 @@
+"""Reader for a raw 10x Xenium output bundle with its post-run H&E (local, file:// or s3://).
+
+Files, as 10x documents them (Xenium Onboard Analysis "Understanding outputs"; the
+"Image alignment" article for the H&E) and as scverse/spatialdata-io and mahmoodlab/HEST read
+them:
+
+- ``experiment.xenium`` (JSON): ``pixel_size`` um per morphology pixel (0.2125);
+  ``panel_tissue_type`` gives the organ when present;
+- ``cell_feature_matrix.h5``: CSC features x cells; ``features/feature_type`` separates
+  "Gene Expression" from the controls ("Negative Control Probe", "Negative Control Codeword",
+  "Blank Codeword" / "Unassigned Codeword", "Deprecated Codeword", "Genomic Control");
+  counts are of qv >= 20 transcripts; barcodes are the cell ids;
+- ``cells.parquet``: must list the same cells as the matrix;
+- ``nucleus_boundaries.parquet``: ``cell_id``, ``vertex_x``, ``vertex_y`` in um, one row per
+  vertex, a polygon's rows contiguous (``label_id`` from XOA 2.0 separates several nuclei of
+  one cell; the largest is kept);
+- ``*he_image.ome.tif`` and ``*he_imagealignment.csv``: a headerless 3 x 3 affine from H&E pixels
+  to morphology pixels; nuclei are placed on the H&E with its inverse, and the H&E pixel size
+  is ``pixel_size * sqrt(|det A|)`` of its linear part.
+Cell ids are int (XOA < 1.3), bytes (1.3-1.x) or str (2.0+); all are normalised to str.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import shapely
+
+from stx_platform import storage
+from stx_platform.errors import SampleError
+from stx_platform.sources.annotations import read_ground_truth
+from stx_platform.sources.features import as_text, gene_mask, normalise_cell_ids
+from stx_platform.sources.sample import (Sample, align_expression, check_counts, check_inside_image,
+                                         check_pixel_size, check_sample_id)
+from stx_platform.sources.wsi import WSI
+
+
+def is_xenium_bundle(url: str) -> bool:
+    return storage.exists(storage.join(url, "experiment.xenium"))
+
+
+def list_xenium_bundles(root: str) -> list[str]:
+    """Bundle folder names directly under ``root`` (each holding an ``experiment.xenium``)."""
+    return [n for n in storage.listdir(root) if not n.startswith(".") and is_xenium_bundle(storage.join(root, n))]
+
+
+def _find(url: str, suffix: str, sid: str, what: str) -> str:
+    hits = [n for n in storage.listdir(url) if n.endswith(suffix) and not n.startswith(".")]
+    if not hits:
+        raise SampleError(sid, f"*{suffix}", f"no {what} in {url}")
+    if len(hits) > 1:
+        raise SampleError(sid, f"*{suffix}", f"several {what} files in {url}: {hits}; keep one")
+    return hits[0]
+
+
+def read_matrix(url: str, sid: str, rel: str = "cell_feature_matrix.h5") -> tuple[sp.csr_matrix, pd.Index, list[str]]:
+    """Genes-only cells x genes CSR, cell ids and gene names from a 10x feature-barcode h5."""
+    try:
+        with storage.open_file(url) as f, h5py.File(f, "r") as h:
+            g = h["matrix"]
+            n_feat, n_cells = (int(v) for v in g["shape"][:])
+            csc = sp.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_feat, n_cells))
+            barcodes = normalise_cell_ids(g["barcodes"][:])
+            names = as_text(g["features/name"][:])
+            ftype = as_text(g["features/feature_type"][:]) if "feature_type" in g["features"] else None
+    except FileNotFoundError:
+        raise SampleError(sid, rel, "file not found") from None
+    except (OSError, KeyError, ValueError) as e:
+        raise SampleError(sid, rel, f"not a 10x feature-barcode matrix ({type(e).__name__}: {e})") from None
+    genes = gene_mask(names, feature_type=ftype)
+    X = csc.T.tocsr()[:, np.flatnonzero(genes)]
+    return X, barcodes, [str(n) for n in names[genes]]
+
+
+def read_boundaries(url: str, sid: str, rel: str) -> tuple[pd.Index, np.ndarray]:
+    """Cell ids and polygons (um) from a Xenium vertex table; one polygon per cell (the largest)."""
+    try:
+        with storage.open_file(url) as f:
+            t = pq.read_table(f)
+    except FileNotFoundError:
+        raise SampleError(sid, rel, "file not found") from None
+    except Exception as e:
+        raise SampleError(sid, rel, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+    missing = [c for c in ("cell_id", "vertex_x", "vertex_y") if c not in t.column_names]
+    if missing:
+        raise SampleError(sid, rel, f"missing column(s) {missing}")
+    ids = as_text(t.column("cell_id").to_numpy(zero_copy_only=False))
+    key = ids
+    if "label_id" in t.column_names:
+        key = np.char.add(ids.astype(str), np.char.add("#", t.column("label_id").to_numpy().astype(str)))
+    xy = np.stack([t.column("vertex_x").to_numpy(), t.column("vertex_y").to_numpy()], 1).astype(np.float64)
+    if not np.isfinite(xy).all():
+        raise SampleError(sid, rel, "vertex coordinates contain NaN or infinity")
+    # polygons are runs of equal keys
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(key)]))
+    counts = np.bincount(run)
+    if (counts < 3).any():
+        raise SampleError(sid, rel, f"{int((counts < 3).sum())} polygons have fewer than 3 vertices")
+    polys = shapely.polygons(shapely.linearrings(xy, indices=run))
+    run_ids = pd.Index(ids[starts])
+    if not run_ids.is_unique:
+        # several nuclei per cell (or non-contiguous rows): keep each cell's largest polygon
+        df = pd.DataFrame({"id": run_ids, "area": shapely.area(polys), "i": np.arange(len(polys))})
+        best = df.sort_values("area", ascending=False).drop_duplicates("id").sort_values("i")
+        run_ids, polys = pd.Index(best["id"].to_numpy()), polys[best["i"].to_numpy()]
+    return pd.Index(run_ids, dtype=object), polys
+
+
+def read_alignment(url: str, sid: str, rel: str) -> np.ndarray:
+    try:
+        raw = storage.read_bytes(url).decode("utf-8")
+        m = np.array([[float(v) for v in line.replace(";", ",").split(",") if v.strip()]
+                      for line in raw.strip().splitlines() if line.strip()])
+    except FileNotFoundError:
+        raise SampleError(sid, rel, "file not found") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SampleError(sid, rel, f"not a 3 x 3 numeric matrix ({e})") from None
+    if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m[:2, :2])) < 1e-12:
+        raise SampleError(sid, rel, f"expected an invertible 3 x 3 affine matrix, got shape {m.shape}")
+    return m
+
+
+def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None = None,
+                       he_image: str | None = None, alignment: str | None = None,
+                       annotations: str | None = None) -> Sample:
+    """Read a Xenium bundle folder; the H&E and alignment are found in it unless given."""
+    url = url.rstrip("/")
+    sid = check_sample_id(sample_id or posixpath.basename(url), url)
+    rel = "experiment.xenium"
+    try:
+        exp = json.loads(storage.read_bytes(storage.join(url, rel)).decode("utf-8"))
+    except FileNotFoundError:
+        raise SampleError(sid, rel, f"file not found: {url} is not a Xenium output bundle") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SampleError(sid, rel, f"not valid JSON ({e})") from None
+    px_um = check_pixel_size(exp.get("pixel_size"), sid, rel, "pixel_size")
+
+    X, barcodes, genes = read_matrix(storage.join(url, "cell_feature_matrix.h5"), sid)
+    X = check_counts(X, sid, "cell_feature_matrix.h5")
+    cells_url = storage.join(url, "cells.parquet")
+    if storage.exists(cells_url):
+        with storage.open_file(cells_url) as f:
+            cids = normalise_cell_ids(pq.read_table(f, columns=["cell_id"]).column("cell_id").to_numpy(
+                zero_copy_only=False))
+        if len(cids) != len(barcodes) or not cids.isin(barcodes).all():
+            raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
+                                                    f"{len(barcodes)}; the two disagree")
+
+    he_rel = he_image or _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif)")
+    al_rel = alignment or _find(url, "he_imagealignment.csv", sid, "H&E alignment (*he_imagealignment.csv)")
+    m = read_alignment(storage.join(url, al_rel), sid, al_rel)
+    mpp = px_um * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+    wsi = WSI(storage.join(url, he_rel), sid, he_rel)
+    width, height = wsi.width, wsi.height
+
+    nb_rel = "nucleus_boundaries.parquet"
+    nids, polys_um = read_boundaries(storage.join(url, nb_rel), sid, nb_rel)
+    inv = np.linalg.inv(m)
+    to_he = lambda c: (np.c_[c / px_um, np.ones(len(c))] @ inv.T)[:, :2]  # noqa: E731
+    nuclei = shapely.transform(polys_um, to_he)
+    check_inside_image(nuclei, nids, width, height, sid, nb_rel)
+    adata, extra = align_expression(X, barcodes, genes, nids, sid, "cell_feature_matrix.h5")
+    truth_url = annotations or storage.join(url, f"{sid}_annotation.csv")
+    truth = read_ground_truth(truth_url, sid)
+    meta = {k: exp.get(k) for k in ("analysis_sw_version", "panel_name", "panel_tissue_type", "run_name",
+                                    "region_name", "pixel_size", "num_cells")}
+    organ = organ or exp.get("panel_tissue_type") or "unknown"
+    return Sample(sample_id=sid, organ=str(organ), mpp=mpp, wsi=wsi, nuclei=nuclei, expression=adata, metadata=meta,
+                  source=url, technology="Xenium", ground_truth=truth,
+                  provenance={"expression_from": "cell_feature_matrix.h5", **extra})

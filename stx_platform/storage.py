@@ -1,0 +1,144 @@
+"""fsspec URL helpers: one code path for a local folder, ``file://`` and ``s3://``.
+
+Credentials and endpoints come from the usual places (``AWS_*`` environment variables,
+``~/.aws``, or fsspec's ``FSSPEC_S3_*`` variables); nothing here logs them.
+Writes are staged in a local temporary file and committed whole (``os.replace`` locally,
+a single PUT on object stores), so a crash never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path within it)`` for a URL or plain path."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return isinstance(filesystem(url)[0], LocalFileSystem)
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL, keeping its protocol (``s3://b/k`` + ``x`` -> ``s3://b/k/x``)."""
+    url = str(url)
+    out = url.rstrip("/") if len(url) > 1 else url
+    for p in parts:
+        out = posixpath.join(out, str(p).lstrip("/")) if out else str(p)
+    return out
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        fs.invalidate_cache(posixpath.dirname(path))
+    return fs.exists(path)
+
+
+def is_dir(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.isdir(path)
+
+
+def listdir(url: str) -> list[str]:
+    """Base names in a folder, sorted; empty when the folder does not exist."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)  # object stores cache listings; files may have been written since
+    if not fs.exists(path):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def open_file(url: str, mode: str = "rb", **kwargs: Any):
+    fs, path = filesystem(url)
+    return fs.open(path, mode, **kwargs)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url).decode("utf-8"))
+
+
+def size(url: str) -> int:
+    fs, path = filesystem(url)
+    return int(fs.size(path))
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(path, exist_ok=True)
+
+
+@contextlib.contextmanager
+def staged_output(url: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local path to write; on success it becomes ``url`` in one step.
+
+    On an exception nothing appears at ``url`` and the temporary file is removed.
+    """
+    fs, path = filesystem(url)
+    suffix = suffix or os.path.splitext(path)[1]
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    tmpdir = tempfile.mkdtemp(prefix="stx-stage-")
+    tmp = os.path.join(tmpdir, "part" + suffix)
+    try:
+        yield tmp
+        fs.put_file(tmp, path)
+        fs.invalidate_cache(posixpath.dirname(path))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    with staged_output(url) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+@contextlib.contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """A local path holding ``url``'s bytes: the file itself when local, else a temporary download.
+
+    For libraries that only take paths (and for formats read whole anyway).
+    """
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        yield path
+        return
+    tmpdir = tempfile.mkdtemp(prefix="stx-get-")
+    tmp = os.path.join(tmpdir, posixpath.basename(path))
+    try:
+        fs.get_file(path, tmp)
+        yield tmp
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

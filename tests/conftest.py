@@ -1,0 +1,81 @@
+"""Shared fixtures: small synthetic datasets (built once per session), a real S3-compatible
+server on loopback (moto), and the real reference files in ../shared/ when present."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STX_SHARED_DIR", REPO.parent / "shared"))
+MARKERS = SHARED / "data" / "markers"
+REAL_HE = SHARED / "data" / "real" / "he_histo_300x500.jpg"
+
+
+def need(path: Path):
+    """Skip (with the reason) when a real reference file from ../shared/ is absent."""
+    if not path.exists():
+        pytest.skip(f"reference file {path} not present (set STX_SHARED_DIR to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hest_root(tmp_path_factory) -> str:
+    """Three small HEST-layout slides, one per Xenium format generation (modern, v1, bytes)."""
+    from stx_platform.synth.generate import generate_set, plan
+
+    out = str(tmp_path_factory.mktemp("hest"))
+    specs = plan(slides=3, seed=7, organs=("breast", "colon", "lung"), cells=700)
+    generate_set(out, specs, layout="hest", workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def xenium_root(tmp_path_factory) -> str:
+    """The same first three slides as raw Xenium bundles."""
+    from stx_platform.synth.generate import generate_set, plan
+
+    out = str(tmp_path_factory.mktemp("xenium"))
+    specs = plan(slides=3, seed=7, organs=("breast", "colon", "lung"), cells=700)
+    generate_set(out, specs, layout="xenium", workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pannuke_dir(tmp_path_factory) -> str:
+    from stx_platform.synth.pannuke import write_pannuke_fold
+
+    out = str(tmp_path_factory.mktemp("pannuke"))
+    write_pannuke_fold(out, n=14, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1; s3fs finds it through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("stx-test")
+    yield "s3://stx-test"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

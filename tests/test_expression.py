@@ -1,0 +1,70 @@
+"""Per-cell expression from transcripts: exact counts on hand-made tables."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import shapely
+
+from stx_platform.sources.expression import cell_by_gene
+from stx_platform.sources.features import gene_mask, is_control, normalise_cell_ids
+
+
+def _table(**cols):
+    return pa.table(cols)
+
+
+def test_counts_by_cell_id_drop_low_qv_controls_and_unassigned():
+    t = _table(
+        feature_name=["CD3E", "CD3E", "EPCAM", "NegControlProbe_00004", "BLANK_0001", "EPCAM", "CD3E", "EPCAM"],
+        cell_id=["c1", "c1", "c2", "c1", "c2", "UNASSIGNED", "c2", "c1"],
+        qv=[30.0, 35.0, 25.0, 30.0, 40.0, 30.0, 10.0, 20.0],
+    )
+    mat, genes, stats = cell_by_gene(t, pd.Index(["c1", "c2", "c3"]))
+    got = pd.DataFrame(mat.toarray(), index=["c1", "c2", "c3"], columns=genes)
+    assert set(genes) == {"CD3E", "EPCAM"}  # controls never become genes
+    assert got.loc["c1", "CD3E"] == 2 and got.loc["c1", "EPCAM"] == 1  # qv 20 is kept (>= 20)
+    assert got.loc["c2", "EPCAM"] == 1 and got.loc["c2", "CD3E"] == 0  # qv 10 dropped
+    assert got.loc["c3"].sum() == 0
+    assert (stats.transcripts, stats.kept, stats.low_qv, stats.controls, stats.unassigned) == (8, 4, 1, 2, 1)
+
+
+def test_bytes_and_integer_ids_and_gene_order():
+    t = _table(feature_name=pa.array([b"B", b"A", b"B"], pa.binary()), cell_id=pa.array([2, 2, -1], pa.int32()))
+    mat, genes, _ = cell_by_gene(t, normalise_cell_ids(np.array([1, 2])), genes=["A", "B", "Z"])
+    assert genes == ["A", "B", "Z"]
+    assert mat.toarray().tolist() == [[0, 0, 0], [1, 1, 0]]
+
+
+def test_nucleus_mode_keeps_only_nuclear_transcripts():
+    t = _table(feature_name=["A", "A", "A"], cell_id=["x", "x", "x"], overlaps_nucleus=pa.array([1, 0, 1], pa.uint8()))
+    mat, _, stats = cell_by_gene(t, pd.Index(["x"]), mode="nucleus")
+    assert mat.toarray().tolist() == [[2]] and stats.outside_nuclei == 1
+
+
+def test_polygon_mode_assigns_by_position():
+    squares = np.array([shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10)])
+    t = _table(feature_name=["A", "B", "A", "A"], he_x=[5.0, 25.0, 26.0, 15.0], he_y=[5.0, 5.0, 5.0, 5.0])
+    mat, genes, stats = cell_by_gene(t, pd.Index(["p", "q"]), mode="polygon", nuclei=squares)
+    got = pd.DataFrame(mat.toarray(), index=["p", "q"], columns=genes)
+    assert got.loc["p", "A"] == 1 and got.loc["q", "A"] == 1 and got.loc["q", "B"] == 1
+    assert stats.unassigned == 1  # the point between the squares
+
+
+def test_is_gene_column_overrides_names():
+    t = _table(feature_name=["GENE1", "Weird_control"], cell_id=["a", "a"], is_gene=[True, False])
+    _, genes, _ = cell_by_gene(t, pd.Index(["a"]))
+    assert genes == ["GENE1"]
+
+
+def test_control_names_and_feature_types():
+    names = ["CD3E", "NegControlProbe_00004", "NegControlCodeword_0500", "BLANK_0001", "UnassignedCodeword_0001",
+             "DeprecatedCodeword_0002", "antisense_PROM1", "Intergenic_Region_7"]
+    assert is_control(names).tolist() == [False] + [True] * 7
+    ft = ["Gene Expression", "Negative Control Probe", "Gene Expression"]
+    assert gene_mask(["a", "b", "c"], feature_type=ft).tolist() == [True, False, True]
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="assignment mode"):
+        cell_by_gene(_table(feature_name=["A"], cell_id=["a"]), pd.Index(["a"]), mode="nearest")
