@@ -22,26 +22,25 @@ def need(path: Path):
     return path
 
 
+def _small_set(tmp_path_factory, layout: str) -> str:
+    from stx_platform.synth.generate import generate_set, plan
+
+    out = str(tmp_path_factory.mktemp(layout))
+    specs = plan(slides=3, seed=7, organs=("breast", "colon", "lung"), cells=700)
+    generate_set(out, specs, layout=layout, workers=1)
+    return out
+
+
 @pytest.fixture(scope="session")
 def hest_root(tmp_path_factory) -> str:
     """Three small HEST-layout slides, one per Xenium format generation (modern, v1, bytes)."""
-    from stx_platform.synth.generate import generate_set, plan
-
-    out = str(tmp_path_factory.mktemp("hest"))
-    specs = plan(slides=3, seed=7, organs=("breast", "colon", "lung"), cells=700)
-    generate_set(out, specs, layout="hest", workers=1)
-    return out
+    return _small_set(tmp_path_factory, "hest")
 
 
 @pytest.fixture(scope="session")
 def xenium_root(tmp_path_factory) -> str:
-    """The same first three slides as raw Xenium bundles."""
-    from stx_platform.synth.generate import generate_set, plan
-
-    out = str(tmp_path_factory.mktemp("xenium"))
-    specs = plan(slides=3, seed=7, organs=("breast", "colon", "lung"), cells=700)
-    generate_set(out, specs, layout="xenium", workers=1)
-    return out
+    """The same three slides as raw Xenium bundles."""
+    return _small_set(tmp_path_factory, "xenium")
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,11 @@ def test_corrupt_and_truncated_tiffs_are_clear_errors(tiff, tmp_path):
         w.read_region(0, 0, 1300, 700)
     with pytest.raises(SampleError, match="file not found"):
         WSI(str(tmp_path / "nope.tif"), "S1").width
+
+
+def test_threaded_rendering_writes_the_same_image(tmp_path, tiff):
+    path = str(tmp_path / "t.tif")
+    write_pyramid_tiff(path, 1300, 700, _pattern, mpp=0.25, block=512, tag_mpp=0.025, workers=2)
+    with tifffile.TiffFile(path) as a, tifffile.TiffFile(tiff) as b:
+        for la, lb in zip(a.series[0].levels, b.series[0].levels):
+            assert np.array_equal(la.asarray(), lb.asarray())

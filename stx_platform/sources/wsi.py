@@ -16,6 +16,8 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import cv2
 import numpy as np
@@ -148,13 +150,15 @@ class WSI:
 
 def write_pyramid_tiff(url: str, width: int, height: int, render: Callable[[int, int, int, int], np.ndarray],
                        mpp: float, block: int = 1024, compression: str = "lzw", tag_mpp: float | None = None,
-                       progress: Callable[[int, int], None] | None = None, ome: bool = False) -> None:
+                       progress: Callable[[int, int], None] | None = None, ome: bool = False,
+                       workers: int = 1) -> None:
     """Write an RGB pyramidal TIFF whose level 0 is produced by ``render(x, y, w, h)``.
 
     ``tag_mpp`` is the pixel size written in the resolution tags (defaults to ``mpp``; HEST's
     own files say ``mpp / 10``). Reduced levels halve until the image fits in one tile. With
     ``ome`` the file is an OME-TIFF (OME-XML with the physical pixel size, reduced levels in
-    SubIFDs), as H&E images beside Xenium bundles are.
+    SubIFDs), as H&E images beside Xenium bundles are. ``workers`` threads render the blocks
+    of a strip concurrently (``render`` must be a pure function of its box).
     """
     levels = [(width, height)]
     while max(levels[-1]) > TILE:
@@ -163,7 +167,8 @@ def write_pyramid_tiff(url: str, width: int, height: int, render: Callable[[int,
     tag_mpp = mpp if tag_mpp is None else tag_mpp
     res = 1e4 / tag_mpp  # pixels per centimetre
     big = width * height * 3 * 1.4 > 3.9e9
-    with storage.staged_output(url, ".tif") as local, tempfile.TemporaryDirectory(prefix="stx-pyr-") as tmpd:
+    with storage.staged_output(url, ".tif") as local, tempfile.TemporaryDirectory(prefix="stx-pyr-") as tmpd, \
+            (ThreadPoolExecutor(workers) if workers > 1 else nullcontext()) as pool:
         reduced = [np.lib.format.open_memmap(os.path.join(tmpd, f"l{i}.npy"), "w+", np.uint8, (h, w, 3))
                    for i, (w, h) in enumerate(levels[1:], 1)]
         n_strips = math.ceil(height / block)
@@ -174,9 +179,10 @@ def write_pyramid_tiff(url: str, width: int, height: int, render: Callable[[int,
                 bh = min(block, height - y0)
                 th = math.ceil(bh / TILE) * TILE
                 strip = np.full((th, math.ceil(width / TILE) * TILE, 3), 255, np.uint8)
-                for x0 in range(0, width, block):
-                    bw = min(block, width - x0)
-                    strip[:bh, x0:x0 + bw] = render(x0, y0, bw, bh)
+                xs = range(0, width, block)
+                box = lambda x0: render(x0, y0, min(block, width - x0), bh)  # noqa: E731,B023
+                for x0, arr in zip(xs, pool.map(box, xs) if pool else map(box, xs)):
+                    strip[:bh, x0:x0 + arr.shape[1]] = arr
                 _reduce_into(strip[:bh, :width], y0, reduced)
                 for ty in range(0, th, TILE):
                     for tx in range(0, strip.shape[1], TILE):
@@ -192,7 +198,7 @@ def write_pyramid_tiff(url: str, width: int, height: int, render: Callable[[int,
                 first.update(subifds=len(reduced), metadata={
                     "axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
                     "PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeYUnit": "\u00b5m"})
-            tw.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8, **first)
+            tw.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8, maxworkers=workers, **first)
             for i, arr in enumerate(reduced, 1):
                 r = res / (2 ** i)
                 tw.write(arr, subfiletype=1, **{**opts, "resolution": (r, r)})

@@ -43,18 +43,25 @@ def plan(slides: int = DEFAULT_SLIDES, seed: int = DEFAULT_SEED, organs: tuple[s
             for i in range(slides)]
 
 
-def _build_one(spec: SlideSpec, out: str, layout: str) -> dict:
+#: Slides with at least this many cells report each stage as they go.
+VERBOSE_CELLS = 20_000
+
+
+def _build_one(spec: SlideSpec, out: str, layout: str, threads: int = 1) -> dict:
+    from stx_platform.progress import Progress
     from stx_platform.synth.formats import FormatStyle
     from stx_platform.synth.slide import build_slide
 
     t0 = time.time()
+    say = Progress(spec.sample_id if spec.cells >= VERBOSE_CELLS else None)
+    say(f"building {spec.organ} section with {spec.cells:,} cells")
     slide = build_slide(spec.sample_id, spec.organ, spec.seed, spec.cells, tumour=spec.tumour)
     if layout == "hest":
         from stx_platform.synth.write_hest import write_hest_sample
-        res = write_hest_sample(slide, out, FormatStyle(spec.style))
+        res = write_hest_sample(slide, out, FormatStyle(spec.style), say, threads)
     else:
         from stx_platform.synth.write_xenium import write_xenium_bundle
-        res = write_xenium_bundle(slide, out, FormatStyle(spec.style))
+        res = write_xenium_bundle(slide, out, FormatStyle(spec.style), say, threads)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -64,16 +71,18 @@ def generate_set(out: str, specs: list[SlideSpec], layout: str = "hest", workers
     """Build and write every slide; slides run in parallel processes. Returns summaries in plan order."""
     if layout not in ("hest", "xenium"):
         raise ValueError("layout must be 'hest' or 'xenium'")
-    workers = max(1, min(workers or (os.cpu_count() or 1), len(specs)))
+    cpus = workers or os.cpu_count() or 1
+    workers = max(1, min(cpus, len(specs)))
+    threads = max(1, cpus // workers)  # spare cores render the H&E of each slide in threads
     results: dict[str, dict] = {}
     if workers == 1:
         for s in specs:
-            results[s.sample_id] = _build_one(s, out, layout)
+            results[s.sample_id] = _build_one(s, out, layout, threads)
             if on_done:
                 on_done(results[s.sample_id])
     else:
         with ProcessPoolExecutor(workers) as ex:
-            futs = {ex.submit(_build_one, s, out, layout): s for s in specs}
+            futs = {ex.submit(_build_one, s, out, layout, threads): s for s in specs}
             for f in as_completed(futs):
                 r = f.result()
                 results[r["id"]] = r

@@ -140,6 +140,45 @@ def _fill(arr: np.ndarray, poly: np.ndarray, value: int) -> None:
     cv2.fillPoly(arr, [np.round(poly * 16).astype(np.int32)], int(value), lineType=cv2.LINE_8, shift=4)
 
 
+def _poly_mask(shape: tuple[int, int], poly: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+    """A polygon rasterised within its bounding box: (window slices, bool mask of the window).
+
+    Painting through windows keeps each structure's cost proportional to its own size, not to
+    the section's (a 200k-cell section has ~10^8 grid squares and thousands of structures).
+    """
+    H, W = shape
+    x0, x1 = max(int(np.floor(poly[:, 0].min())) - 1, 0), min(int(np.ceil(poly[:, 0].max())) + 2, W)
+    y0, y1 = max(int(np.floor(poly[:, 1].min())) - 1, 0), min(int(np.ceil(poly[:, 1].max())) + 2, H)
+    if x1 <= x0 or y1 <= y0:
+        return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
+    tmp = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    _fill(tmp, poly - np.array([x0, y0], float), 1)
+    return (slice(y0, y1), slice(x0, x1)), tmp.astype(bool)
+
+
+def _paint(arrays_values, poly: np.ndarray, where=None) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Set ``arr[inside poly (& where)] = value`` for each (arr, value); returns the window and
+    the painted mask so later rings can be restricted to it."""
+    arr0 = arrays_values[0][0]
+    win, m = _poly_mask(arr0.shape, poly)
+    if where is not None:
+        m &= where(win)
+    for arr, value in arrays_values:
+        arr[win][m] = value
+    return win, m
+
+
+def _within(mask: np.ndarray, win: tuple[slice, slice], sub: tuple[slice, slice]) -> np.ndarray:
+    """``mask`` (defined on window ``win``) cut to window ``sub``; False where ``sub`` leaves ``win``."""
+    out = np.zeros((sub[0].stop - sub[0].start, sub[1].stop - sub[1].start), bool)
+    y0, y1 = max(sub[0].start, win[0].start), min(sub[0].stop, win[0].stop)
+    x0, x1 = max(sub[1].start, win[1].start), min(sub[1].stop, win[1].stop)
+    if y1 > y0 and x1 > x0:
+        out[y0 - sub[0].start:y1 - sub[0].start, x0 - sub[1].start:x1 - sub[1].start] = \
+            mask[y0 - win[0].start:y1 - win[0].start, x0 - win[1].start:x1 - win[1].start]
+    return out
+
+
 def _paint_gland(comp, kind, spec: GlandSpec, fam: int, cx, cy, r_um, rng, g, ring_um=None):
     """Paint one gland: basal ring, epithelium, lumen. Returns nothing; grid-unit geometry."""
     elong = rng.uniform(*spec.elongation)
@@ -147,33 +186,21 @@ def _paint_gland(comp, kind, spec: GlandSpec, fam: int, cx, cy, r_um, rng, g, ri
     b = r_um / g / np.sqrt(elong)
     ang = rng.uniform(0, np.pi)
     outer = _star_polygon(cx, cy, a, b, ang, rng, spec.folds)
-    tmp = np.zeros_like(comp)
-    _fill(tmp, outer, 1)
     if spec.solid:
-        comp[tmp == 1] = EPITHELIUM
-        kind[tmp == 1] = fam
-        if spec.lumen == "bowman":
-            pass
+        _paint([(comp, EPITHELIUM), (kind, fam)], outer)
         return
     if spec.basal:
-        comp[tmp == 1] = BASAL
-        kind[tmp == 1] = fam
+        _paint([(comp, BASAL), (kind, fam)], outer)
         inner = cx + (outer[:, 0] - cx) * (1 - 5.0 / r_um), cy + (outer[:, 1] - cy) * (1 - 5.0 / r_um)
-        tmp2 = np.zeros_like(comp)
-        _fill(tmp2, np.stack(inner, 1), 1)
-        comp[tmp2 == 1] = EPITHELIUM
+        _paint([(comp, EPITHELIUM)], np.stack(inner, 1))
     else:
-        comp[tmp == 1] = EPITHELIUM
-    kind[tmp == 1] = fam
+        _paint([(comp, EPITHELIUM), (kind, fam)], outer)
     lf = rng.uniform(*spec.lumen_frac)
     if ring_um is not None:
         lf = max(0.0, 1 - ring_um / r_um)
     if lf > 0.02:
         lumen = np.stack([cx + (outer[:, 0] - cx) * lf, cy + (outer[:, 1] - cy) * lf], 1)
-        tmp3 = np.zeros_like(comp)
-        _fill(tmp3, lumen, 1)
-        comp[tmp3 == 1] = LUMEN
-        kind[tmp3 == 1] = LUMEN_STYLES[spec.lumen]
+        _paint([(comp, LUMEN), (kind, LUMEN_STYLES[spec.lumen])], lumen)
 
 
 def build_layout(recipe: OrganRecipe, width_um: float, height_um: float, rng: np.random.Generator,
@@ -254,11 +281,7 @@ def build_layout(recipe: OrganRecipe, width_um: float, height_um: float, rng: np
         for cx, cy in cen:
             a = spacing * rng.uniform(0.38, 0.5)
             poly = _star_polygon(cx, cy, a, a * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi), rng, wobble=0.12)
-            tmp = np.zeros_like(comp)
-            _fill(tmp, poly, 1)
-            m = (tmp == 1) & sept
-            comp[m] = LUMEN
-            kind[m] = LUMEN_STYLES["air"]
+            _paint([(comp, LUMEN), (kind, LUMEN_STYLES["air"])], poly, where=lambda w: sept[w])
 
     # Glands / tubules / acini / follicles.
     free = tissue & (comp == STROMA)
@@ -322,17 +345,12 @@ def build_layout(recipe: OrganRecipe, width_um: float, height_um: float, rng: np
             for cx, cy in _poisson_centres(region, n_tg, 40 / g, rng):
                 r = rng.uniform(22, 55) / g
                 poly = _star_polygon(cx, cy, r * rng.uniform(1, 1.6), r, rng.uniform(0, np.pi), rng, wobble=0.22)
-                tmp = np.zeros_like(comp)
-                _fill(tmp, poly, 1)
-                comp[tmp == 1] = TUMOUR
-                kind[tmp == 1] = 0
+                _paint([(comp, TUMOUR), (kind, 0)], poly)
                 if rng.uniform() < 0.75:
                     lf = rng.uniform(0.2, 0.55)
                     lum = np.stack([cx + (poly[:, 0] - cx) * lf, cy + (poly[:, 1] - cy) * lf], 1)
-                    tmp[:] = 0
-                    _fill(tmp, lum, 1)
-                    comp[tmp == 1] = NECROSIS if rng.uniform() < 0.3 else LUMEN
-                    kind[tmp == 1] = LUMEN_STYLES["secretion"]
+                    fill = NECROSIS if rng.uniform() < 0.3 else LUMEN
+                    _paint([(comp, fill), (kind, LUMEN_STYLES["secretion"])], lum)
         comp[~tissue] = GLASS
         has_tumour = bool((comp == TUMOUR).any())
 
@@ -346,22 +364,17 @@ def build_layout(recipe: OrganRecipe, width_um: float, height_um: float, rng: np
         wall = 3.0 + (6.0 if rl > 12 else 0.0)
         outer = _star_polygon(cx, cy, (rl + wall) / g * el, (rl + wall) / g, ang, rng, wobble=0.05)
         inner = _star_polygon(cx, cy, rl / g * el, rl / g, ang, rng, wobble=0.03)
-        tmp = np.zeros_like(comp)
-        _fill(tmp, outer, 1)
-        m = (tmp == 1) & np.isin(comp, (STROMA, TUMOUR, ADIPOSE))
+        win, m = _poly_mask(comp.shape, outer)
+        m &= np.isin(comp[win], (STROMA, TUMOUR, ADIPOSE))
+        cw, kw = comp[win], kind[win]
         if rl > 12:
-            comp[m] = MUSCLE
-            kind[m] = KIND_MEDIA
+            cw[m] = MUSCLE
+            kw[m] = KIND_MEDIA
             mid = _star_polygon(cx, cy, (rl + 3.0) / g * el, (rl + 3.0) / g, ang, rng, wobble=0.03)
-            tmp[:] = 0
-            _fill(tmp, mid, 1)
-            m2 = (tmp == 1) & m
-            comp[m2] = VESSEL_WALL
+            _paint([(comp, VESSEL_WALL)], mid, where=lambda w, win=win, m=m: _within(m, win, w))
         else:
-            comp[m] = VESSEL_WALL
-        tmp[:] = 0
-        _fill(tmp, inner, 1)
-        comp[(tmp == 1) & m] = VESSEL_LUMEN
+            cw[m] = VESSEL_WALL
+        _paint([(comp, VESSEL_LUMEN)], inner, where=lambda w, win=win, m=m: _within(m, win, w))
 
     # Lymphoid aggregates in stroma, B-cell follicle in the middle.
     stroma = comp == STROMA
@@ -369,16 +382,10 @@ def build_layout(recipe: OrganRecipe, width_um: float, height_um: float, rng: np
     for cx, cy in _poisson_centres(stroma, n_agg, 200 / g, rng):
         r = rng.uniform(40, 120) / g
         poly = _star_polygon(cx, cy, r * rng.uniform(1, 1.4), r, rng.uniform(0, np.pi), rng, wobble=0.15)
-        tmp = np.zeros_like(comp)
-        _fill(tmp, poly, 1)
-        m = (tmp == 1) & np.isin(comp, (STROMA, ADIPOSE))
-        comp[m] = IMMUNE
-        kind[m] = 0
+        win, m = _paint([(comp, IMMUNE), (kind, 0)], poly, where=lambda w: np.isin(comp[w], (STROMA, ADIPOSE)))
         if r * g > 60:
             inner = np.stack([cx + (poly[:, 0] - cx) * 0.55, cy + (poly[:, 1] - cy) * 0.55], 1)
-            tmp[:] = 0
-            _fill(tmp, inner, 1)
-            kind[(tmp == 1) & m] = KIND_FOLLICLE
+            _paint([(kind, KIND_FOLLICLE)], inner, where=lambda w, win=win, m=m: _within(m, win, w))
 
     comp[~tissue] = GLASS
 

@@ -37,6 +37,7 @@ import shapely
 from PIL import Image
 
 from stx_platform import __version__, storage
+from stx_platform.progress import Progress
 from stx_platform.sources.wsi import WSI, write_pyramid_tiff
 from stx_platform.synth.formats import FormatStyle, transcript_table, xenium_cell_ids
 from stx_platform.synth.layout import GLASS
@@ -113,20 +114,21 @@ def _tissue_contours(slide: SyntheticSlide) -> dict:
     return {"type": "FeatureCollection", "features": feats}
 
 
-def write_hest_sample(slide: SyntheticSlide, root: str, style: FormatStyle, progress=None) -> dict:
+def write_hest_sample(slide: SyntheticSlide, root: str, style: FormatStyle, progress: Progress | None = None, workers: int = 1) -> dict:
     """Write every file of one sample under ``root``; returns a summary."""
     sid = slide.sample_id
     j = lambda *p: storage.join(root, *p)  # noqa: E731
     rng = np.random.default_rng([slide.seed, 99])
     ids = xenium_cell_ids(slide.n_cells, style, offset=slide.seed)
-    say = progress or (lambda msg: None)
+    say = progress or Progress(None)
 
     # 1. H&E
     renderer = slide.renderer()
     tag_mpp = slide.mpp / 10 if style.name == "modern" else slide.mpp
     say(f"rendering H&E {slide.width_px} x {slide.height_px} px")
     write_pyramid_tiff(j("wsis", f"{sid}.tif"), slide.width_px, slide.height_px, renderer.render, slide.mpp,
-                       tag_mpp=tag_mpp)
+                       tag_mpp=tag_mpp, progress=say.fraction("H&E rows"),
+                       workers=workers)
     with WSI(j("wsis", f"{sid}.tif"), sid) as wsi:
         thumb = wsi.thumbnail(1000)
 
@@ -154,10 +156,12 @@ def write_hest_sample(slide: SyntheticSlide, root: str, style: FormatStyle, prog
     with storage.staged_output(j("st", f"{sid}.h5ad"), ".h5ad") as tmp:
         adata.write_h5ad(tmp)
 
+    say(f"{n_tx:,} transcripts, {adata.n_obs} pseudo-spots; writing polygons")
     # 3. nucleus / cell polygons (DAPI-derived, registered to the H&E)
     _geoparquet(j("xenium_seg", f"{sid}_xenium_nucleus_seg.parquet"), slide.nuc_dapi_px, ids)
     _geoparquet(j("xenium_seg", f"{sid}_xenium_cell_seg.parquet"), slide.cell_polys_px, ids)
 
+    say("writing ground truth and pictures")
     # 4. ground truth, tissue contours, pictures
     cls = slide.cells.pannuke_class()
     bar = [v.decode() if isinstance(v, bytes) else str(v) for v in ids]

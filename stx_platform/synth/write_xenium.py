@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stx_platform import __version__, storage
+from stx_platform.progress import Progress
 from stx_platform.sources.expression import cell_by_gene
 from stx_platform.sources.features import normalise_cell_ids
 from stx_platform.sources.wsi import write_pyramid_tiff
@@ -98,19 +99,20 @@ def _write_h5(url: str, mat, barcodes: list[str], names: list[str]) -> None:
         f.create_dataset("name", data=np.array([n.encode() for n in names]))
 
 
-def write_xenium_bundle(slide: SyntheticSlide, out: str, style: FormatStyle, progress=None) -> dict:
+def write_xenium_bundle(slide: SyntheticSlide, out: str, style: FormatStyle, progress: Progress | None = None, workers: int = 1) -> dict:
     sid = slide.sample_id
     root = storage.join(out, sid)
     j = lambda *p: storage.join(root, *p)  # noqa: E731
     rng = np.random.default_rng([slide.seed, 99])
     ids = xenium_cell_ids(slide.n_cells, style, offset=slide.seed)
     id_text = [v.decode() if isinstance(v, bytes) else str(v) for v in ids]
-    say = progress or (lambda msg: None)
+    say = progress or Progress(None)
 
     say(f"rendering H&E {slide.width_px} x {slide.height_px} px")
     renderer = slide.renderer()
     write_pyramid_tiff(j(f"{sid}_he_image.ome.tif"), slide.width_px, slide.height_px, renderer.render, slide.mpp,
-                       ome=True)
+                       ome=True, progress=say.fraction("H&E rows"),
+                       workers=workers)
     m = slide.he_to_morphology_matrix()
     storage.write_bytes(j(f"{sid}_he_imagealignment.csv"),
                         "\n".join(",".join(repr(float(v)) for v in row) for row in m).encode() + b"\n")
@@ -127,6 +129,7 @@ def write_xenium_bundle(slide: SyntheticSlide, out: str, style: FormatStyle, pro
         writer.close()
         cols = ["feature_name", "cell_id", "qv"] + (["is_gene"] if style.name != "v1" else [])
         tx = pq.read_table(tmp, columns=cols, read_dictionary=["feature_name", "cell_id"])
+    say(f"{n_tx:,} transcripts; cell-feature matrix, cells and boundaries")
     names = list(features(style))
     cell_index = normalise_cell_ids(ids)
     mat, _, _ = cell_by_gene(tx, cell_index, genes=names, keep_controls=True)
