@@ -90,6 +90,95 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _sample_refs(url: str) -> list[str]:
+    from stx_platform.sources import list_samples
+
+    refs = [url] if "#" in url else list_samples(url)
+    if not refs:
+        raise ValueError(f"no samples under {url}")
+    return refs
+
+
+def _label_setup(args):
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.markers import load_markers
+
+    config = LabelConfig.load(args.config, args.set or ())
+    for name in ("panglaodb", "cellmarker", "cancersea"):
+        if getattr(args, name, None):
+            setattr(config.markers, name, getattr(args, name))
+    db = load_markers(config.markers)
+    return config, db
+
+
+def cmd_label(args) -> int:
+    from stx_platform import storage
+    from stx_platform.labels.pipeline import label_expression
+    from stx_platform.labels.table import label_table_url, write_label_table
+    from stx_platform.progress import Progress
+    from stx_platform.sources import read_sample
+
+    config, db = _label_setup(args)
+    set_id = config.label_set_id(db.content_hash())
+    refs = _sample_refs(args.sample)
+    cache = args.cache or storage.join(args.out, "_cache")
+    print(f"stx label: {len(refs)} sample(s), label set {set_id} -> {storage.join(args.out, set_id)}", flush=True)
+    for ref in refs:
+        say = Progress(ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1])
+        sample = read_sample(ref)
+        say(f"{sample.n_cells:,} cells x {sample.expression.n_vars} genes, organ {sample.organ}")
+        res = label_expression(sample.expression, sample.organ, config, db, sample_id=sample.sample_id,
+                               cache=cache, progress=say)
+        url = label_table_url(args.out, set_id, sample.sample_id)
+        write_label_table(url, res.to_arrow())
+        counts = res.cells["label"].value_counts().to_dict()
+        hits = ", ".join(k for k, v in res.cache_hits.items() if v) or "none"
+        say(f"{len(res.clusters)} clusters -> {counts}; cache hits: {hits}; labelled in {res.timings['total']:.2f} s")
+    storage.write_bytes(storage.join(args.out, set_id, "label_config.yaml"), config.to_yaml().encode())
+    print(f"label tables: {storage.join(args.out, set_id)}/<sample>.parquet; config: label_config.yaml")
+    return 0
+
+
+def cmd_label_eval(args) -> int:
+    from stx_platform import storage
+    from stx_platform.labels.compare import METHOD_ORDER, compare
+    from stx_platform.labels.evaluate import confusion_figure, table3
+    from stx_platform.sources import read_sample
+
+    config, db = _label_setup(args)
+    methods = tuple(args.methods or METHOD_ORDER)
+    refs = _sample_refs(args.samples)
+    print(f"stx label-eval: {len(refs)} sample(s), methods {', '.join(methods)}", flush=True)
+    samples = [read_sample(r) for r in refs]
+    results, per_sample = compare(samples, config, db, methods, args.cache)
+    md = table3(results, list(methods))
+    n = next(iter(results.values()))["n_cells"]
+    header = (f"Label evaluation on {len(samples)} slide(s), {n:,} cells with a scored ground-truth class "
+              f"(ground-truth Unknown excluded; predicted Unknown counts as wrong); markers: "
+              f"{'embedded default' if config.markers.embedded else config.markers.model_dump(exclude_none=True)}\n\n")
+    print()
+    print(md)
+    fig = confusion_figure(results, list(methods))
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    storage.write_bytes(storage.join(args.out, "confusion.png"), buf.getvalue())
+    storage.write_bytes(storage.join(args.out, "table3.md"), (header + md + "\n").encode())
+    storage.write_bytes(storage.join(args.out, "per_sample.csv"), per_sample.to_csv(index=False).encode())
+    print(f"\nwrote {args.out}/table3.md, confusion.png, per_sample.csv")
+    return 0
+
+
+def _label_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="label config YAML (defaults: the paper's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. resolution=2")
+    p.add_argument("--panglaodb", help="PanglaoDB markers TSV you downloaded")
+    p.add_argument("--cellmarker", help="CellMarker 2.0 table you downloaded (csv, csv.gz or xlsx)")
+    p.add_argument("--cancersea", help="folder of CancerSEA gene-set files")
+    p.add_argument("--cache", help="stage-cache URL (default: <out>/_cache for label)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stx", description="stx-platform: spatial transcriptomics -> nuclei "
                                 "segmentation and classification training data")
@@ -121,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--assignment", choices=("cell_id", "nucleus", "polygon"), default="cell_id",
                    help="HEST: how transcripts go to nuclei (default: by cell_id)")
     i.set_defaults(func=cmd_inspect)
+
+    lb = sub.add_parser("label", help="label the cells of slides (the paper's clustering + marker voting)")
+    lb.add_argument("--sample", required=True, help="ROOT#ID, a HEST root (all samples) or a Xenium bundle")
+    lb.add_argument("--out", default="stx-data/labels", help="label tables go to OUT/<label set id>/")
+    _label_options(lb)
+    lb.set_defaults(func=cmd_label)
+
+    le = sub.add_parser("label-eval", help="compare the method, w/o Hier and the baselines against ground truth")
+    le.add_argument("--samples", default=DEFAULT_HEST_OUT, help="ROOT#ID or a root of annotated samples")
+    le.add_argument("--out", default="stx-data/label-eval")
+    le.add_argument("--methods", nargs="+", help="subset of: TopDown UCell AUCell CellAssign 'w/o Hier' Ours")
+    _label_options(le)
+    le.set_defaults(func=cmd_label_eval)
 
     ls = sub.add_parser("list", help="list the samples under a URL")
     ls.add_argument("url")

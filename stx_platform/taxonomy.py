@@ -33,3 +33,7 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     EPITHELIAL: (255, 159, 68),
     UNKNOWN: (160, 160, 160),
 }
+
+#: Classes a marker gene can vote for (the coarse classes of marker databases; Neoplastic
+#: comes from the cancer-overlap refinement, not from votes).
+VOTE_CLASSES: tuple[str, ...] = (EPITHELIAL, INFLAMMATORY, CONNECTIVE, UNKNOWN)

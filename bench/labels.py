@@ -1,0 +1,149 @@
+"""Benchmark: the label pipeline's clustering + DEGs against the plain scanpy recipe, in one process.
+
+For each slide size: wall time and peak memory (resident set above its level at the start of
+each run, sampled every 10 ms) of
+  - recipe  : sc.pp.normalize_total, sc.pp.log1p, sc.pp.pca, sc.pp.neighbors, sc.tl.leiden (its
+              default flavour, leidenalg), sc.tl.rank_genes_groups(method="wilcoxon");
+  - recipe-igraph: the same with sc.tl.leiden(flavor="igraph", n_iterations=2), scanpy's advice;
+  - stx     : stx_platform.labels (the same steps; see labels/cluster.py and labels/degs.py);
+the adjusted Rand index between stx's clusters and each recipe's, and the time of a relabel
+(new top-N / tau_vote) on a stage-cache hit. Both sides are warmed up first (numba compiles
+pynndescent once per process), so times are steady-state. Expression: synthetic breast slides.
+
+    python bench/labels.py                     # 20k, 100k and 200k cells
+    python bench/labels.py --cells 20000       # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import threading
+import time
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+warnings.filterwarnings("ignore")
+
+
+def make_expression(n_cells: int, seed: int = 1) -> ad.AnnData:
+    from stx_platform.synth.slide import build_slide
+    from stx_platform.synth.panel import gene_panel
+
+    s = build_slide("BENCH", "breast", seed, n_cells)
+    a = ad.AnnData(sp.csr_matrix(s.counts.astype(np.float32)),
+                   obs=pd.DataFrame(index=[f"c{i}" for i in range(s.n_cells)]),
+                   var=pd.DataFrame(index=list(gene_panel())))
+    return a
+
+
+def recipe(a: ad.AnnData, flavor: str) -> np.ndarray:
+    import scanpy as sc
+
+    a = a.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    sc.pp.pca(a, n_comps=50)
+    sc.pp.neighbors(a, n_neighbors=15)
+    if flavor == "igraph":
+        sc.tl.leiden(a, resolution=4.0, flavor="igraph", n_iterations=2, directed=False)
+    else:
+        sc.tl.leiden(a, resolution=4.0)
+    sc.tl.rank_genes_groups(a, "leiden", method="wilcoxon")
+    return a.obs["leiden"].astype(int).to_numpy()
+
+
+def ours(a: ad.AnnData) -> np.ndarray:
+    from stx_platform.labels.cache import StageCache
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.pipeline import cluster_stages
+
+    clusters, _, _ = cluster_stages(a, LabelConfig(), StageCache(None, "bench"))
+    return clusters
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measured(fn, *args):
+    """(seconds, peak RSS above the RSS at the start in GB, result) of fn(*args); a thread samples
+    the resident set every 10 ms (a fork would be unsafe: igraph/numba use OpenMP)."""
+    gc.collect()
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.01)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t = time.perf_counter()
+    out = fn(*args)
+    dt = time.perf_counter() - t
+    stop.set()
+    th.join()
+    return dt, (max(peak[0], _rss()) - base) / 1e9, out
+
+
+def relabel_time(a: ad.AnnData) -> tuple[float, float]:
+    """(first labelling, relabel with other N / tau_vote on the cached DEGs), seconds."""
+    from stx_platform.labels.cache import StageCache
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.markers import default_markers
+    from stx_platform.labels.pipeline import label_expression
+
+    db = default_markers()
+    cache = StageCache(None, "bench")
+    t = time.perf_counter()
+    label_expression(a, "breast", LabelConfig(), db, cache=cache)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    r = label_expression(a, "breast", LabelConfig(top_n=8, tau_vote=4.0, tau_cancer=0.3), db, cache=cache)
+    assert r.cache_hits.get("degs"), r.cache_hits
+    return first, time.perf_counter() - t
+
+
+def main() -> None:
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000, 200_000])
+    args = ap.parse_args()
+
+    warm = make_expression(9000, seed=5)
+    for fn in (lambda: recipe(warm, "leidenalg"), lambda: recipe(warm, "igraph"), lambda: ours(warm)):
+        fn()
+    print("warmed up (numba-compiled pynndescent, imports)\n")
+    rows = []
+    for n in args.cells:
+        t = time.perf_counter()
+        a = make_expression(n)
+        print(f"{a.n_obs:,} cells x {a.n_vars} genes (generated in {time.perf_counter() - t:.0f} s)", flush=True)
+        t_r, m_r, cl_r = measured(recipe, a, "leidenalg")
+        t_i, m_i, cl_i = measured(recipe, a, "igraph")
+        t_o, m_o, cl_o = measured(ours, a)
+        first, again = relabel_time(a)
+        row = {"cells": a.n_obs, "recipe_s": t_r, "recipe_igraph_s": t_i, "stx_s": t_o,
+               "stx/recipe": t_o / t_r, "stx/recipe_igraph": t_o / t_i,
+               "ARI_recipe": ari(cl_o, cl_r), "ARI_recipe_igraph": ari(cl_o, cl_i),
+               "clusters_stx": int(cl_o.max()) + 1, "clusters_recipe": int(cl_r.max()) + 1,
+               "peak_GB_recipe": m_r, "peak_GB_recipe_igraph": m_i, "peak_GB_stx": m_o,
+               "label_first_s": first, "relabel_cached_s": again}
+        rows.append(row)
+        for k, v in row.items():
+            print(f"  {k:>22}: {v:.3f}" if isinstance(v, float) else f"  {k:>22}: {v}", flush=True)
+    print()
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Transcriptomic clustering as the paper does it (Sec. 4.1): normalise, log1p, PCA, kNN graph,
+Leiden. Pure functions on arrays; the same steps as scanpy's recipe, done without its copies:
+
+- PCA from the gene x gene covariance of the sparse matrix (genes are few, ~300-500 on a
+  Xenium panel), so no dense cells x genes matrix is ever made;
+- kNN by pynndescent (what scanpy uses), connectivities by UMAP's fuzzy simplicial set
+  (scanpy's default), computed vectorised in numpy;
+- Leiden by igraph's C implementation (scanpy's ``flavor="igraph"``), modularity objective.
+"""
+
+from __future__ import annotations
+
+import igraph as ig
+import numpy as np
+import scipy.sparse as sp
+
+
+def normalise_log1p(counts: sp.spmatrix, target_sum: float | None = None) -> sp.csr_matrix:
+    """Counts scaled to ``target_sum`` per cell (default: the median library size of cells with
+    counts, as ``sc.pp.normalize_total``), then log1p; float32 CSR."""
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    lib = np.asarray(X.sum(1)).ravel()
+    if target_sum is None:
+        pos = lib[lib > 0]
+        target_sum = float(np.median(pos)) if len(pos) else 1.0
+    scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+    X.data *= np.repeat(scale, np.diff(X.indptr))
+    np.log1p(X.data, out=X.data)
+    return X
+
+
+def pca(X: sp.csr_matrix, n_pcs: int = 50) -> np.ndarray:
+    """Scores on the top ``n_pcs`` principal components of the centred matrix (cells x n_pcs).
+
+    Eigen-decomposition of the covariance, in float64; each component's sign is fixed so that
+    its largest loading is positive (deterministic output).
+    """
+    n, g = X.shape
+    k = int(min(n_pcs, g - 1, n - 1))
+    mu = np.asarray(X.mean(0), np.float64).ravel()
+    gram = (X.T @ X).toarray().astype(np.float64) if sp.issparse(X) else X.T.astype(np.float64) @ X
+    cov = gram / n - np.outer(mu, mu)
+    vals, vecs = np.linalg.eigh(cov)
+    vecs = vecs[:, ::-1][:, :k]
+    sign = np.sign(vecs[np.abs(vecs).argmax(0), np.arange(k)])
+    vecs = (vecs * np.where(sign == 0, 1, sign)).astype(np.float32)
+    return np.asarray(X @ vecs, np.float32) - (mu.astype(np.float32) @ vecs)[None, :]
+
+
+#: Below this many cells the kNN search is exact (brute force), as ``sc.pp.neighbors`` does.
+EXACT_KNN_BELOW = 8192
+
+
+def knn(pcs: np.ndarray, k: int = 15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours, self first, euclidean: (indices, distances), n x k. Exact below
+    ``EXACT_KNN_BELOW`` cells, else NN-descent with UMAP's settings (as scanpy calls it)."""
+    n = len(pcs)
+    k = min(k, n)
+    if n < EXACT_KNN_BELOW:
+        d2 = (pcs ** 2).sum(1)[:, None] - 2 * pcs @ pcs.T + (pcs ** 2).sum(1)[None, :]
+        np.fill_diagonal(d2, -1)
+        idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        dd = np.take_along_axis(d2, idx, 1)
+        order = np.argsort(dd, 1)
+        idx = np.take_along_axis(idx, order, 1)
+        dist = np.sqrt(np.maximum(np.take_along_axis(dd, order, 1), 0))
+        dist[:, 0] = 0
+        return idx, dist.astype(np.float32)
+    from pynndescent import NNDescent
+
+    index = NNDescent(pcs, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
+                      n_trees=min(64, 5 + round(n ** 0.5 / 20.0)), n_iters=max(5, round(np.log2(n))))
+    idx, dist = index.neighbor_graph
+    return idx[:, :k], dist[:, :k]
+
+
+def fuzzy_connectivities(idx: np.ndarray, dist: np.ndarray, n_iter: int = 64) -> sp.csr_matrix:
+    """UMAP's fuzzy simplicial set of a kNN graph (McInnes et al. 2018), as scanpy's
+    ``neighbors`` computes its connectivities: per cell, rho = distance to the nearest other
+    neighbour and sigma such that sum exp(-(d - rho) / sigma) = log2(k); memberships
+    symmetrised by the probabilistic t-conorm a + b - ab. Binary search vectorised over cells."""
+    n, k = idx.shape
+    d = dist[:, 1:].astype(np.float64)  # drop self
+    pos = np.where(d > 0, d, np.inf).min(1) if d.size else np.zeros(n)
+    rho = np.where(np.isfinite(pos), pos, 0.0)
+    target = np.log2(k)
+    lo, hi, mid = np.zeros(n), np.full(n, np.inf), np.ones(n)
+    shifted = np.maximum(d - rho[:, None], 0)
+    for _ in range(n_iter):
+        psum = np.exp(-shifted / mid[:, None]).sum(1)
+        high = psum > target
+        hi = np.where(high, mid, hi)
+        lo = np.where(high, lo, mid)
+        mid = np.where(high, (lo + hi) / 2, np.where(np.isinf(hi), mid * 2, (lo + hi) / 2))
+    mean_i = dist.astype(np.float64).mean(1)  # self included, as UMAP does
+    mid = np.maximum(mid, 1e-3 * np.where(rho > 0, mean_i, mean_i.mean()))
+    w = np.exp(-shifted / mid[:, None])
+    rows = np.repeat(np.arange(n), k - 1)
+    P = sp.csr_matrix((w.ravel(), (rows, idx[:, 1:].ravel())), shape=(n, n))
+    P.eliminate_zeros()
+    Pt = P.T.tocsr()
+    prod = P.multiply(Pt)
+    return (P + Pt - prod).tocsr().astype(np.float32)
+
+
+class _SeededRandom:
+    """The interface igraph wants from a random number generator, over a seeded NumPy
+    ``RandomState`` (the stream scanpy's ``flavor="igraph"`` gives igraph, so that the same
+    graph and seed give the same clusters)."""
+
+    def __init__(self, seed: int):
+        self._rs = np.random.RandomState(seed)
+
+    def getrandbits(self, k: int) -> int:
+        return self._rs.tomaxint() & ((1 << k) - 1)
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rs.randint(a, b + 1)
+
+    def random(self) -> float:
+        return self._rs.random_sample()
+
+    def gauss(self, mu: float, sigma: float) -> float:
+        return self._rs.normal(mu, sigma)
+
+
+def leiden(conn: sp.csr_matrix, resolution: float = 4.0, seed: int = 0, n_iterations: int = 2) -> np.ndarray:
+    """Leiden communities (Traag et al. 2019) of the weighted graph, modularity with resolution;
+    clusters numbered by decreasing size (ties by first cell)."""
+    import random
+
+    conn = sp.csr_matrix(conn)
+    src, dst = conn.nonzero()
+    g = ig.Graph(n=conn.shape[0], edges=np.column_stack([src, dst]), directed=False)
+    weights = np.asarray(conn[src, dst]).ravel().astype(np.float64)
+    ig.set_random_number_generator(_SeededRandom(seed))
+    try:
+        part = g.community_leiden(objective_function="modularity", weights=weights,
+                                  resolution=resolution, n_iterations=n_iterations)
+    finally:
+        ig.set_random_number_generator(random)
+    memb = np.asarray(part.membership)
+    sizes = np.bincount(memb)
+    rank = np.empty_like(sizes)
+    rank[np.argsort(-sizes, kind="stable")] = np.arange(len(sizes))
+    return rank[memb].astype(np.int32)

@@ -1,0 +1,205 @@
+"""The paper's label generation: clustering and DEGs equal scanpy's, voting and refinement as
+the formulas say, stage caches, label table contract, config, errors."""
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from stx_platform.labels import cluster as C
+from stx_platform.labels.cache import StageCache
+from stx_platform.labels.config import LabelConfig
+from stx_platform.labels.degs import top_genes, wilcoxon_scores
+from stx_platform.labels.pipeline import LabelInputError, label_expression
+from stx_platform.labels.table import LABEL_SCHEMA, read_label_table, write_label_table
+from stx_platform.labels.vote import classify_clusters, rank_weights
+from stx_platform.taxonomy import CONNECTIVE, EPITHELIAL, INFLAMMATORY, NEOPLASTIC, UNKNOWN
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _blobs(n=1500, genes=40, k=5, seed=0):
+    """Counts with k planted groups, each over-expressing its own 8 genes."""
+    rng = np.random.default_rng(seed)
+    grp = rng.integers(0, k, n)
+    mu = np.full((k, genes), 0.6)
+    for i in range(k):
+        mu[i, i * 8:(i + 1) * 8] = 6.0
+    X = rng.poisson(mu[grp] * rng.uniform(0.5, 1.5, (n, 1)))
+    a = ad.AnnData(sp.csr_matrix(X.astype(np.float32)), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+                   var=pd.DataFrame(index=[f"G{j}" for j in range(genes)]))
+    return a, grp
+
+
+class StubDB:
+    """A marker database with fixed per-gene votes over (Epi, Infl, Conn, Unknown)."""
+
+    def __init__(self, votes: dict, organ_votes: dict | None = None, cancer=()):
+        self._v, self._o, self.cancer = votes, organ_votes or {}, set(cancer)
+
+    def votes(self, genes, organ):
+        src = self._o if organ else self._v
+        return np.array([src.get(g, [0, 0, 0, 0]) for g in genes], float).reshape(len(genes), 4)
+
+    def cancer_overlap(self, genes):
+        return sum(g in self.cancer for g in genes) / max(len(genes), 1)
+
+    def content_hash(self):
+        return "stub"
+
+
+def test_preprocessing_pca_graph_and_clusters_equal_scanpy():
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score
+
+    a, _ = _blobs()
+    b = a.copy()
+    sc.pp.normalize_total(b)
+    sc.pp.log1p(b)
+    X = C.normalise_log1p(a.X)
+    assert abs(X - b.X).max() < 1e-5
+    pcs = C.pca(X, 20)
+    sc.pp.pca(b, n_comps=20)
+    for j in range(5):  # components equal up to sign
+        assert abs(abs(np.corrcoef(pcs[:, j], b.obsm["X_pca"][:, j])[0, 1]) - 1) < 1e-6
+    b.obsm["X_pca"] = pcs
+    sc.pp.neighbors(b, n_neighbors=15, use_rep="X_pca")
+    conn = C.fuzzy_connectivities(*C.knn(pcs, 15))
+    assert abs(conn - b.obsp["connectivities"]).max() < 1e-3
+    sc.tl.leiden(b, resolution=2.0, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+    ours = C.leiden(conn, 2.0, 0)
+    assert adjusted_rand_score(ours, b.obs["leiden"]) > 0.99
+    assert np.all(np.diff(np.bincount(ours)) <= 0)  # numbered by size
+
+
+def test_wilcoxon_scores_equal_scanpy_on_ties_and_zeros():
+    import scanpy as sc
+
+    a, grp = _blobs(n=600, genes=12, k=3)
+    a.X = sp.csr_matrix(np.minimum(a.X.toarray(), 3))  # many ties
+    z = wilcoxon_scores(a.X, grp)
+    a.obs["g"] = pd.Categorical(grp.astype(str))
+    sc.tl.rank_genes_groups(a, "g", method="wilcoxon")
+    rg = a.uns["rank_genes_groups"]
+    for k in range(3):
+        ref = dict(zip(rg["names"][str(k)], rg["scores"][str(k)]))
+        np.testing.assert_allclose(z[k], [ref[g] for g in a.var_names], rtol=1e-4, atol=1e-4)
+    assert top_genes(z, a.var_names, 3)[0] == list(a.var_names[np.argsort(-z[0], kind="stable")[:3]])
+
+
+def test_votes_follow_the_formula_fallback_unknown_and_neoplastic():
+    np.testing.assert_array_equal(rank_weights(4, True), [3, 2, 1, 0])
+    np.testing.assert_array_equal(rank_weights(4, False), [1, 1, 1, 1])
+    epi, inf, con = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]
+    db = StubDB({"E1": epi, "E2": epi, "I1": inf, "C1": con, "K1": epi, "K2": epi},
+                organ_votes={"E1": epi, "E2": epi}, cancer={"K1", "K2", "X"})
+    cfg = LabelConfig(top_n=4, top_m=4, tau_vote=3.0, tau_cancer=0.25)
+    top = [["E1", "E2", "I1", "C1"],     # organ votes: 3*1 + 2*1 = 5 >= 3 -> Epithelial, overlap 0
+           ["I1", "C1", "I1", "E1"],     # organ votes 0 -> fallback: infl 3+1, conn 2 -> Inflammatory
+           ["Z1", "Z2", "Z3", "E1"],     # votes 0 (weight of 4th gene is 0) -> Unknown
+           ["E1", "K1", "K2", "E2"]]     # Epithelial, overlap 2/4 = 0.5 > 0.25 -> Neoplastic
+    t = classify_clusters(top, "breast", db, cfg)
+    assert list(t["label"]) == [EPITHELIAL, INFLAMMATORY, UNKNOWN, NEOPLASTIC]
+    assert list(t["fallback"]) == [False, True, True, False]
+    assert t.loc[0, "votes_epithelial"] == 5 and t.loc[1, "votes_inflammatory"] == 4
+    assert t.loc[1, "votes_connective"] == 2 and t.loc[3, "cancer_overlap"] == 0.5
+    no_hier = classify_clusters(top, "breast", db, cfg.model_copy(update={"hierarchy": False}))
+    assert no_hier.loc[3, "label"] == EPITHELIAL
+    flat = classify_clusters(top, "breast", db, cfg.model_copy(update={"rank_weighting": False}))
+    assert flat.loc[2, "label"] == UNKNOWN and flat.loc[2, "votes_total"] == 1  # 1 < tau_vote
+    assert classify_clusters(top, None, db, cfg).loc[0, "fallback"] == False  # noqa: E712 (no organ: no fallback)
+
+
+def _planted_db(a):
+    # groups 0..4 over-express G0-7, G8-15, ...: make them Epi, Epi+cancer, Infl, Conn, nothing
+    v = {}
+    for j in range(8):
+        v[f"G{j}"] = [1, 0, 0, 0]
+        v[f"G{8 + j}"] = [1, 0, 0, 0]
+        v[f"G{16 + j}"] = [0, 1, 0, 0]
+        v[f"G{24 + j}"] = [0, 0, 1, 0]
+    return StubDB(v, cancer={f"G{8 + j}" for j in range(8)})
+
+
+def test_label_expression_recovers_planted_classes_and_writes_the_contract(tmp_path):
+    a, grp = _blobs()
+    res = label_expression(a, "breast", LabelConfig(resolution=1.0), _planted_db(a), sample_id="S1")
+    want = np.array([EPITHELIAL, NEOPLASTIC, INFLAMMATORY, CONNECTIVE, UNKNOWN])[grp]
+    assert (res.cells["label"].to_numpy() == want).mean() > 0.97
+    table = res.to_arrow()
+    assert table.schema.remove_metadata() == LABEL_SCHEMA
+    url = str(tmp_path / res.meta["label_set_id"] / "S1.parquet")
+    write_label_table(url, table)
+    cells, meta = read_label_table(url)
+    assert meta["sample_id"] == "S1" and meta["config"]["resolution"] == 1.0
+    assert list(cells.index[:2]) == ["c0", "c1"] and set(cells["label"]) <= set(want)
+
+
+def test_relabel_reuses_cached_degs_and_never_reclusters(tmp_path, monkeypatch):
+    a, _ = _blobs(n=800)
+    db = _planted_db(a)
+    calls = {"leiden": 0, "knn": 0}
+    for name in calls:
+        orig = getattr(C, name)
+
+        def counted(*args, _orig=orig, _name=name, **kw):
+            calls[_name] += 1
+            return _orig(*args, **kw)
+        monkeypatch.setattr(C, name, counted)
+    cache = str(tmp_path / "cache")
+    first = label_expression(a, "breast", LabelConfig(resolution=1.0), db, sample_id="S", cache=cache)
+    assert calls == {"leiden": 1, "knn": 1} and not any(first.cache_hits.values())
+    for change in ({"top_n": 5}, {"tau_vote": 2.0}, {"tau_cancer": 0.5}, {"rank_weighting": False},
+                   {"hierarchy": False}, {"top_m": 10}):
+        r = label_expression(a, "breast", LabelConfig(resolution=1.0, **change), db, sample_id="S", cache=cache)
+        assert r.cache_hits["degs"] and r.meta["label_set_id"] != first.meta["label_set_id"]
+    assert calls == {"leiden": 1, "knn": 1}
+    label_expression(a, "breast", LabelConfig(resolution=2.0), db, sample_id="S", cache=cache)
+    assert calls == {"leiden": 2, "knn": 1}  # new resolution: graph reused, Leiden rerun
+    a2 = a.copy()
+    a2.X = a2.X.copy()
+    a2.X.data[0] += 1  # other expression: nothing may be reused
+    r = label_expression(a2, "breast", LabelConfig(resolution=1.0), db, sample_id="S", cache=cache)
+    assert calls == {"leiden": 3, "knn": 2} and not any(r.cache_hits.values())
+
+
+def test_clear_errors_for_unusable_expression():
+    a, _ = _blobs(n=200)
+    db = _planted_db(a)
+    with pytest.raises(LabelInputError, match="30 cells; clustering needs at least 50"):
+        label_expression(a[:30].copy(), "breast", LabelConfig(), db, sample_id="S")
+    z = a.copy()
+    z.X = sp.csr_matrix(z.shape, dtype=np.float32)
+    with pytest.raises(LabelInputError, match="all expression is zero"):
+        label_expression(z, "breast", LabelConfig(), db, sample_id="S")
+    with pytest.raises(LabelInputError, match="no gene of the panel"):
+        label_expression(a, "breast", LabelConfig(), StubDB({}), sample_id="S")
+
+
+def test_config_yaml_overrides_and_stable_hash(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("labels:\n  resolution: 2.5\n  top_n: 8\n")
+    c = LabelConfig.load(str(p), ["tau_cancer=0.3", "markers.panglaodb=/data/p.tsv"])
+    assert (c.resolution, c.top_n, c.tau_cancer, c.markers.panglaodb) == (2.5, 8, 0.3, "/data/p.tsv")
+    d = LabelConfig()
+    assert (d.resolution, d.top_n, d.top_m, d.tau_vote, d.tau_cancer, d.rank_weighting, d.hierarchy) == \
+        (4.0, 10, 20, 5.0, 0.25, True, True)
+    assert d.label_set_id("m") == LabelConfig.load(None).label_set_id("m")
+    assert d.label_set_id("m") != d.label_set_id("n") != LabelConfig(top_n=9).label_set_id("m")
+    assert LabelConfig.load(None, [f"{k}={v}" for k, v in {"resolution": 2.5, "top_n": 8}.items()]).top_n == 8
+    with pytest.raises(ValueError):
+        LabelConfig.load(None, ["no_such_field=1"])
+    with pytest.raises(ValueError):
+        LabelConfig.load(None, ["tau_cancer=2"])
+
+
+def test_stage_cache_in_memory_and_on_storage(tmp_path):
+    for url in (None, str(tmp_path)):
+        c = StageCache(url, "S")
+        assert c.get("degs", "k") is None
+        c.put("degs", "k", z=np.arange(3.0))
+        np.testing.assert_array_equal(c.get("degs", "k")["z"], [0, 1, 2])
+        assert c.hits["degs"]
