@@ -6,8 +6,10 @@ each run, sampled every 10 ms) of
               default flavour, leidenalg), sc.tl.rank_genes_groups(method="wilcoxon");
   - recipe-igraph: the same with sc.tl.leiden(flavor="igraph", n_iterations=2), scanpy's advice;
   - stx     : stx_platform.labels (the same steps; see labels/cluster.py and labels/degs.py);
-the adjusted Rand index between stx's clusters and each recipe's, and the time of a relabel
-(new top-N / tau_vote) on a stage-cache hit. Both sides are warmed up first (numba compiles
+the adjusted Rand index between stx's clusters and each recipe's, beside the ARI of each recipe
+with itself under another Leiden seed (the noise floor: Leiden at r = 4 is not stable), the
+share of cells that get the same label from stx's clusters as from the recipe's, and the time
+of a relabel (new top-N / tau_vote) on a stage-cache hit. Both sides are warmed up first (numba compiles
 pynndescent once per process), so times are steady-state. Expression: synthetic breast slides.
 
     python bench/labels.py                     # 20k, 100k and 200k cells
@@ -42,7 +44,16 @@ def make_expression(n_cells: int, seed: int = 1) -> ad.AnnData:
     return a
 
 
-def recipe(a: ad.AnnData, flavor: str) -> np.ndarray:
+def _leiden(a: ad.AnnData, flavor: str, seed: int = 0) -> None:
+    import scanpy as sc
+
+    if flavor == "igraph":
+        sc.tl.leiden(a, resolution=4.0, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
+    else:
+        sc.tl.leiden(a, resolution=4.0, random_state=seed)
+
+
+def recipe(a: ad.AnnData, flavor: str) -> ad.AnnData:
     import scanpy as sc
 
     a = a.copy()
@@ -50,12 +61,29 @@ def recipe(a: ad.AnnData, flavor: str) -> np.ndarray:
     sc.pp.log1p(a)
     sc.pp.pca(a, n_comps=50)
     sc.pp.neighbors(a, n_neighbors=15)
-    if flavor == "igraph":
-        sc.tl.leiden(a, resolution=4.0, flavor="igraph", n_iterations=2, directed=False)
-    else:
-        sc.tl.leiden(a, resolution=4.0)
+    _leiden(a, flavor)
     sc.tl.rank_genes_groups(a, "leiden", method="wilcoxon")
-    return a.obs["leiden"].astype(int).to_numpy()
+    return a
+
+
+def reseeded(a: ad.AnnData, flavor: str) -> np.ndarray:
+    """The recipe's clusters from the same graph with another Leiden seed: the noise floor of ARI."""
+    b = a.copy()
+    _leiden(b, flavor, seed=1)
+    return b.obs["leiden"].astype(int).to_numpy()
+
+
+def labels_from(a: ad.AnnData, clusters: np.ndarray, db) -> np.ndarray:
+    """The paper's labels (default config) from given clusters: how much the clustering matters."""
+    from stx_platform.labels.cluster import normalise_log1p
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.degs import top_genes, wilcoxon_scores
+    from stx_platform.labels.vote import classify_clusters
+
+    cfg = LabelConfig()
+    z = wilcoxon_scores(normalise_log1p(a.X), clusters)
+    table = classify_clusters(top_genes(z, a.var_names, max(cfg.top_n, cfg.top_m)), "breast", db, cfg)
+    return table["label"].to_numpy()[clusters]
 
 
 def ours(a: ad.AnnData) -> np.ndarray:
@@ -115,6 +143,8 @@ def relabel_time(a: ad.AnnData) -> tuple[float, float]:
 def main() -> None:
     from sklearn.metrics import adjusted_rand_score as ari
 
+    from stx_platform.labels.markers import default_markers
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000, 200_000])
     args = ap.parse_args()
@@ -128,13 +158,19 @@ def main() -> None:
         t = time.perf_counter()
         a = make_expression(n)
         print(f"{a.n_obs:,} cells x {a.n_vars} genes (generated in {time.perf_counter() - t:.0f} s)", flush=True)
-        t_r, m_r, cl_r = measured(recipe, a, "leidenalg")
-        t_i, m_i, cl_i = measured(recipe, a, "igraph")
+        t_r, m_r, ad_r = measured(recipe, a, "leidenalg")
+        t_i, m_i, ad_i = measured(recipe, a, "igraph")
         t_o, m_o, cl_o = measured(ours, a)
+        cl_r, cl_i = (x.obs["leiden"].astype(int).to_numpy() for x in (ad_r, ad_i))
         first, again = relabel_time(a)
+        db = default_markers()
+        lab_o, lab_r = labels_from(a, cl_o, db), labels_from(a, cl_r, db)
         row = {"cells": a.n_obs, "recipe_s": t_r, "recipe_igraph_s": t_i, "stx_s": t_o,
                "stx/recipe": t_o / t_r, "stx/recipe_igraph": t_o / t_i,
                "ARI_recipe": ari(cl_o, cl_r), "ARI_recipe_igraph": ari(cl_o, cl_i),
+               "ARI_recipe_vs_reseeded": ari(cl_r, reseeded(ad_r, "leidenalg")),
+               "ARI_recipe_igraph_vs_reseeded": ari(cl_i, reseeded(ad_i, "igraph")),
+               "same_label_as_recipe": float(np.mean(lab_o == lab_r)),
                "clusters_stx": int(cl_o.max()) + 1, "clusters_recipe": int(cl_r.max()) + 1,
                "peak_GB_recipe": m_r, "peak_GB_recipe_igraph": m_i, "peak_GB_stx": m_o,
                "label_first_s": first, "relabel_cached_s": again}

@@ -170,6 +170,28 @@ def cmd_label_eval(args) -> int:
     return 0
 
 
+def cmd_markers(args) -> int:
+    from stx_platform import storage
+
+    config, db = _label_setup(args)
+    md = db.report.to_markdown(max_dropped=args.max_dropped)
+    summary = (f"marker database {db.content_hash()}: {len(db)} entries, {len(db.genes)} genes, "
+               f"{len(db.cancer_genes)} cancer-associated genes "
+               f"({'embedded default' if config.markers.embedded else 'from your files'})")
+    print(summary)
+    print()
+    print(md)
+    if args.out:
+        storage.write_bytes(args.out, (f"# {summary}\n\n{md}\n").encode())
+        print(f"\nwrote {args.out}")
+    if args.mapping:
+        names = (db.table.groupby(["source", "cell_type", "coarse"]).agg(genes=("gene", "nunique"))
+                 .reset_index().rename(columns={"coarse": "class"}))
+        storage.write_bytes(args.mapping, names.to_csv(index=False).encode())
+        print(f"wrote {args.mapping}: {len(names)} cell-type names and the class each maps to")
+    return 0
+
+
 def _label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="label config YAML (defaults: the paper's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. resolution=2")
@@ -223,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--methods", nargs="+", help="subset of: TopDown UCell AUCell CellAssign 'w/o Hier' Ours")
     _label_options(le)
     le.set_defaults(func=cmd_label_eval)
+
+    mk = sub.add_parser("markers", help="load marker databases and report how their cell types map to classes")
+    mk.add_argument("--out", help="also write the report (Markdown) here")
+    mk.add_argument("--max-dropped", type=int, default=50, help="dropped names to list per source")
+    mk.add_argument("--mapping", help="write every cell-type name with its class here (CSV)")
+    _label_options(mk)
+    mk.set_defaults(func=cmd_markers)
 
     ls = sub.add_parser("list", help="list the samples under a URL")
     ls.add_argument("url")
