@@ -192,6 +192,71 @@ def cmd_markers(args) -> int:
     return 0
 
 
+def _section_overrides(sets: list[str] | None, section: str) -> list[str]:
+    """``--set patches.stride=200`` goes to the patch config; ``--set labels.top_n=8`` and keys
+    without a section go to the label config."""
+    out = []
+    for item in sets or ():
+        key = item.split("=", 1)[0]
+        if section == "patches":
+            if key.startswith("patches."):
+                out.append(item[len("patches."):])
+        elif not key.startswith("patches."):
+            out.append(item[len("labels."):] if key.startswith("labels.") else item)
+    return out
+
+
+def cmd_build(args) -> int:
+    import os
+
+    import ray
+    import yaml
+
+    from stx_platform import storage
+    from stx_platform.build.run import run_build
+    from stx_platform.build.summary import log_to_mlflow, summarise
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.patches.config import PatchConfig
+
+    label_config = LabelConfig.load(args.config, _section_overrides(args.set, "labels"))
+    for name in ("panglaodb", "cellmarker", "cancersea"):
+        if getattr(args, name, None):
+            setattr(label_config.markers, name, getattr(args, name))
+    doc = yaml.safe_load(storage.read_bytes(args.config)) if args.config else {}
+    patch_data = dict((doc or {}).get("patches") or {})
+    for item in _section_overrides(args.set, "patches"):
+        k, v = item.split("=", 1)
+        patch_data[k] = yaml.safe_load(v)
+    patch_config = PatchConfig.model_validate(patch_data)
+
+    source = args.source
+    if source is None:
+        from stx_platform.sources import list_samples
+
+        source = DEFAULT_HEST_OUT
+        if not list_samples(source):
+            print(f"no source given and {source} is empty: generating the embedded synthetic default there", flush=True)
+            cmd_synth(build_parser().parse_args(["synth", "--out", source]))
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide)
+    finally:
+        ray.shutdown()
+    summary = summarise(args.out, manifest)
+    print()
+    print(summary["markdown"])
+    print(f"dataset: {args.out}  (patches/<sample>.parquet, labels/{manifest['label_set_id']}/, manifest.json)")
+    print(f"summary: {summary['folder']}/summary.md" + (f", {summary['picture']}" if summary["picture"] else ""))
+    uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        run_id = log_to_mlflow(args.out, manifest, summary, uri)
+        print(f"mlflow: run {run_id} at {uri}")
+    return 0 if manifest["failed"] == 0 else 3
+
+
 def _label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="label config YAML (defaults: the paper's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. resolution=2")
@@ -252,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--mapping", help="write every cell-type name with its class here (CSV)")
     _label_options(mk)
     mk.set_defaults(func=cmd_markers)
+
+    bd = sub.add_parser("build", help="label and patch slides on Ray into a training dataset (resumable)")
+    bd.add_argument("--source", help=f"HEST root, Xenium bundles folder or ROOT#ID (default: {DEFAULT_HEST_OUT}, "
+                                     "generated when empty)")
+    bd.add_argument("--out", default="stx-data/dataset", help="dataset URL (folder or s3://)")
+    bd.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    bd.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    bd.add_argument("--cpus-per-slide", type=float, default=1.0)
+    bd.add_argument("--mlflow", help="MLflow tracking URI to log the build to (default: MLFLOW_TRACKING_URI)")
+    _label_options(bd)
+    bd.set_defaults(func=cmd_build)
 
     ls = sub.add_parser("list", help="list the samples under a URL")
     ls.add_argument("url")

@@ -1,0 +1,177 @@
+"""The dataset build: one slide (pure), then the Ray Data pipeline with resume, a failing slide,
+a crash mid-shard, s3:// and `ray job submit`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from stx_platform import storage
+from stx_platform.build import slide as B
+from stx_platform.build.manifest import DONE, FAILED, read_records
+from stx_platform.labels.config import LabelConfig
+from stx_platform.labels.markers import default_markers
+from stx_platform.labels.table import read_label_table
+from stx_platform.patches.config import PatchConfig
+from stx_platform.patches.schema import PATCH_SCHEMA
+from stx_platform.sources import list_samples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ref(hest_root):
+    return list_samples(hest_root)[0]
+
+
+def test_one_slide_gives_a_shard_a_label_table_and_a_record(ref, tmp_path):
+    out = str(tmp_path)
+    rec = B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
+    assert rec.status == DONE, rec.error
+    t = pq.read_table(f"{out}/{rec.shard}")
+    assert t.schema.remove_metadata() == PATCH_SCHEMA.remove_metadata() and t.num_rows == rec.patches > 0
+    cells, meta = read_label_table(f"{out}/{rec.label_table}")
+    ids = {c for lst in t.column("cell_ids").to_pylist() for c in lst}
+    assert ids <= set(cells.index) and meta["label_set_id"] == rec.label_set_id
+    assert read_records(out)[rec.sample_id].status == DONE
+
+
+def test_a_label_change_never_recuts_patches(ref, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    first = B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
+    mtime = os.path.getmtime(f"{out}/{first.shard}")
+    calls = []
+    monkeypatch.setattr(B, "write_shard", lambda *a, **k: calls.append(1) or (0, 0))
+    second = B.build_slide(ref, out, PatchConfig(), LabelConfig(tau_cancer=0.4), default_markers(), previous=first)
+    assert second.status == DONE and not calls and second.patches == first.patches
+    assert second.label_set_id != first.label_set_id
+    assert os.path.getmtime(f"{out}/{first.shard}") == mtime
+    assert storage.exists(f"{out}/{first.label_table}") and storage.exists(f"{out}/{second.label_table}")
+    B.build_slide(ref, out, PatchConfig(stride=200), LabelConfig(), default_markers(), previous=second)
+    assert calls  # a patch-config change does re-cut
+
+
+def test_a_crash_mid_shard_leaves_no_shard_and_no_done_record(ref, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    real = B.patches_for_sample
+
+    def crashing(*a, **k):
+        it = real(*a, **k)
+        yield next(it)
+        raise MemoryError("worker killed")
+    monkeypatch.setattr(B, "patches_for_sample", crashing)
+    rec = B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
+    assert rec.status == FAILED and "MemoryError" in rec.error
+    assert not (tmp_path / "patches").exists() or not any((tmp_path / "patches").iterdir())
+
+
+def _broken_copy(hest_root, dst):
+    """A copy of the HEST root with a fourth sample whose WSI is corrupt."""
+    shutil.copytree(hest_root, dst)
+    sid = list_samples(hest_root)[0].rsplit("#", 1)[1]
+    meta = json.loads((Path(dst) / "metadata" / f"{sid}.json").read_text())
+    meta["id"] = "BAD0001"
+    (Path(dst) / "metadata" / "BAD0001.json").write_text(json.dumps(meta))
+    for sub, suffix in (("st", ".h5ad"), ("transcripts", "_transcripts.parquet"),
+                        ("xenium_seg", "_xenium_nucleus_seg.parquet"), ("xenium_seg", "_xenium_cell_seg.parquet")):
+        src = Path(dst) / sub / f"{sid}{suffix}"
+        if src.exists():
+            shutil.copy(src, Path(dst) / sub / f"BAD0001{suffix}")
+    (Path(dst) / "wsis" / "BAD0001.tif").write_bytes(b"II*\x00 this is not a tiff")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def local_ray(s3_server):
+    """A local Ray started after the S3 settings are in the environment, which its workers inherit
+    (as on a laptop; on a cluster the nodes' own credentials apply)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_build_records_a_failing_slide_and_resumes(hest_root, tmp_path, local_ray, capsys):
+    from stx_platform.build.run import run_build
+
+    src = _broken_copy(hest_root, str(tmp_path / "src"))
+    out = str(tmp_path / "ds")
+    doc = run_build(src, out, PatchConfig(), LabelConfig())
+    status = {r["sample_id"]: r for r in doc["slides"]}
+    assert len(status) == 4 and doc["done"] == 3 and doc["failed"] == 1
+    assert "BAD0001" in status and "wsis/BAD0001.tif" in status["BAD0001"]["error"]
+    again = run_build(src, out, PatchConfig(), LabelConfig())
+    text = capsys.readouterr().out
+    assert "3 already done, 1 to do" in text and again["done"] == 3
+    relabel = run_build(src, out, PatchConfig(), LabelConfig(top_n=8))
+    assert relabel["done"] == 3 and len(list((tmp_path / "ds" / "labels").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_ray_build_from_and_to_s3(s3_server, hest_root, local_ray):
+    from stx_platform.build.run import run_build
+    from stx_platform.synth.generate import generate_set, plan
+
+    src = f"{s3_server}/build-src"
+    generate_set(src, plan(slides=1, seed=4, organs=("colon",), cells=500), layout="hest", workers=1)
+    doc = run_build(src, f"{s3_server}/build-out", PatchConfig(), LabelConfig())
+    assert doc["done"] == 1, doc["slides"]
+    rec = doc["slides"][0]
+    with storage.open_file(f"{s3_server}/build-out/{rec['shard']}") as f:
+        assert pq.read_table(f).num_rows == rec["patches"] > 0
+
+
+@pytest.mark.slow
+def test_ray_job_submit_against_a_local_head(hest_root, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    bindir = Path(sys.executable).parent
+    port = "6391"
+    dash = "8291"
+    subprocess.run([str(bindir / "ray"), "start", "--head", "--num-cpus", "2", "--port", port,
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", dash, "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=180)
+    # Ray >= 2.59 turns token authentication on for local clusters; the job CLI sends the token
+    # (from ~/.ray/auth_token) when told to
+    env["RAY_AUTH_MODE"] = "token"
+    try:
+        out = tmp_path / "ds"
+        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                            "--working-dir", str(REPO), "--", sys.executable, "jobs/build_dataset.py",
+                            "--source", list_samples(hest_root)[0], "--out", str(out)],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "1 done, 0 failed" in r.stdout
+        assert json.loads((out / "manifest.json").read_text())["done"] == 1
+    finally:
+        subprocess.run([str(bindir / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_summary_tables_picture_and_mlflow_run(ref, tmp_path):
+    import mlflow
+
+    from stx_platform.build.manifest import write_manifest
+    from stx_platform.build.summary import log_to_mlflow, summarise
+
+    out = str(tmp_path / "ds")
+    rec = B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
+    doc = write_manifest(out, [rec], {"source": "test", "label_set_id": rec.label_set_id,
+                                      "patch_config_hash": rec.patch_config, "markers_hash": "m"})
+    s = summarise(out, doc)
+    by_organ = s["by_organ"]
+    assert by_organ[["Neoplastic", "Epithelial", "Inflammatory", "Connective", "Unknown"]].to_numpy().sum() == rec.nuclei
+    assert (tmp_path / "ds" / "summary" / "patches_by_label.png").stat().st_size > 50_000
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = log_to_mlflow(out, doc, s, uri)
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["patches"] == rec.patches and run.data.params["label_set_id"] == rec.label_set_id
+    arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id)}
+    assert {"summary.md", "manifest.json"} <= arts and any(a.endswith(".png") or "image" in a for a in arts)
