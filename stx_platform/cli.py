@@ -99,16 +99,22 @@ def _sample_refs(url: str) -> list[str]:
     return refs
 
 
-def _label_setup(args):
+def _label_config(args, overrides):
+    """LabelConfig from --config, the overrides and the marker-file options."""
     from stx_platform.labels.config import LabelConfig
-    from stx_platform.labels.markers import load_markers
 
-    config = LabelConfig.load(args.config, args.set or ())
+    config = LabelConfig.load(args.config, overrides)
     for name in ("panglaodb", "cellmarker", "cancersea"):
         if getattr(args, name, None):
             setattr(config.markers, name, getattr(args, name))
-    db = load_markers(config.markers)
-    return config, db
+    return config
+
+
+def _label_setup(args):
+    from stx_platform.labels.markers import load_markers
+
+    config = _label_config(args, args.set or ())
+    return config, load_markers(config.markers)
 
 
 def cmd_label(args) -> int:
@@ -215,13 +221,9 @@ def cmd_build(args) -> int:
     from stx_platform import storage
     from stx_platform.build.run import run_build
     from stx_platform.build.summary import log_to_mlflow, summarise
-    from stx_platform.labels.config import LabelConfig
     from stx_platform.patches.config import PatchConfig
 
-    label_config = LabelConfig.load(args.config, _section_overrides(args.set, "labels"))
-    for name in ("panglaodb", "cellmarker", "cancersea"):
-        if getattr(args, name, None):
-            setattr(label_config.markers, name, getattr(args, name))
+    label_config = _label_config(args, _section_overrides(args.set, "labels"))
     doc = yaml.safe_load(storage.read_bytes(args.config)) if args.config else {}
     patch_data = dict((doc or {}).get("patches") or {})
     for item in _section_overrides(args.set, "patches"):

@@ -4,8 +4,6 @@ a crash mid-shard, s3:// and `ray job submit`."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,7 +19,6 @@ from stx_platform.patches.config import PatchConfig
 from stx_platform.patches.schema import PATCH_SCHEMA
 from stx_platform.sources import list_samples
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -127,31 +124,6 @@ def test_ray_build_from_and_to_s3(s3_server, hest_root, local_ray):
     with storage.open_file(f"{s3_server}/build-out/{rec['shard']}") as f:
         assert pq.read_table(f).num_rows == rec["patches"] > 0
 
-
-@pytest.mark.slow
-def test_ray_job_submit_against_a_local_head(hest_root, tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
-    bindir = Path(sys.executable).parent
-    port = "6391"
-    dash = "8291"
-    subprocess.run([str(bindir / "ray"), "start", "--head", "--num-cpus", "2", "--port", port,
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", dash, "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    # Ray >= 2.59 turns token authentication on for local clusters; the job CLI sends the token
-    # (from ~/.ray/auth_token) when told to
-    env["RAY_AUTH_MODE"] = "token"
-    try:
-        out = tmp_path / "ds"
-        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                            "--working-dir", str(REPO), "--", sys.executable, "jobs/build_dataset.py",
-                            "--source", list_samples(hest_root)[0], "--out", str(out)],
-                           capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert "1 done, 0 failed" in r.stdout
-        assert json.loads((out / "manifest.json").read_text())["done"] == 1
-    finally:
-        subprocess.run([str(bindir / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
 def test_summary_tables_picture_and_mlflow_run(ref, tmp_path):

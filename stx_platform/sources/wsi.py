@@ -202,7 +202,7 @@ def write_pyramid_tiff(url: str, width: int, height: int, render: Callable[[int,
             for i, arr in enumerate(reduced, 1):
                 r = res / (2 ** i)
                 tw.write(arr, subfiletype=1, **{**opts, "resolution": (r, r)})
-        del reduced
+        reduced.clear()  # release the memmaps before the folder goes
 
 
 def _reduce_into(strip: np.ndarray, y0: int, reduced: list[np.ndarray]) -> None:
