@@ -1,8 +1,8 @@
 """Benchmark: patch cutting end to end (region read + resample + rasterise + encode + Parquet
 write), patches/s per core, and the speed-up from 1 to 2 Ray workers on the same slides.
 
-    python bench/build.py                   # 4 synthetic slides x 3000 cells
-    python bench/build.py --slides 8 --cells 6000
+    python bench/build.py                   # 8 synthetic slides x 3000 cells
+    python bench/build.py --slides 4 --cells 6000
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     from stx_platform.synth.generate import generate_set, plan
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--slides", type=int, default=4)
+    ap.add_argument("--slides", type=int, default=8)
     ap.add_argument("--cells", type=int, default=3000)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="stx-bench-build-")
