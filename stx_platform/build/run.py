@@ -1,0 +1,89 @@
+"""The build on Ray: slides listed from a source URL, each labelled and patched by a Ray Data
+map (one task per slide with declared CPUs), shards and label tables written to the output
+URL, a manifest and a summary at the end. Library code: the caller owns ``ray.init``."""
+
+from __future__ import annotations
+
+import time
+
+from stx_platform import storage
+from stx_platform.build.manifest import DONE, SlideRecord, is_done, read_records, write_manifest
+from stx_platform.build.slide import build_slide
+from stx_platform.labels.config import LabelConfig
+from stx_platform.patches.config import PatchConfig
+
+
+class SlideBuilder:
+    """Ray Data callable class: loads the marker database once per worker, builds slides."""
+
+    def __init__(self, out: str, patch_config: dict, label_config: dict, previous: dict):
+        from stx_platform.labels.markers import load_markers
+
+        self.out = out
+        self.patch_config = PatchConfig.model_validate(patch_config)
+        self.label_config = LabelConfig.model_validate(label_config)
+        self.db = load_markers(self.label_config.markers)
+        self.previous = previous
+
+    def __call__(self, row: dict) -> dict:
+        prev = self.previous.get(row["sample_id"])
+        rec = build_slide(row["ref"], self.out, self.patch_config, self.label_config, self.db,
+                          previous=SlideRecord(**prev) if prev else None)
+        return {"record": rec.to_json()}
+
+
+def sample_refs(source: str) -> list[str]:
+    from stx_platform.sources import list_samples
+
+    refs = [source] if "#" in source else list_samples(source)
+    if not refs:
+        raise ValueError(f"no samples under {source}")
+    return refs
+
+
+def run_build(source: str, out: str, patch_config: PatchConfig, label_config: LabelConfig,
+              cpus_per_slide: float = 1.0, print_fn=print) -> dict:
+    """Build (or resume) a dataset; returns the manifest document."""
+    import ray
+
+    from stx_platform.labels.markers import load_markers
+
+    t0 = time.perf_counter()
+    refs = sample_refs(source)
+    db = load_markers(label_config.markers)
+    set_id = label_config.label_set_id(db.content_hash())
+    phash = patch_config.config_hash()
+    previous = read_records(out)
+    rows, skipped = [], []
+    for ref in refs:
+        sid = ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+        if is_done(out, previous.get(sid), phash, set_id):
+            skipped.append(previous[sid])
+        else:
+            rows.append({"ref": ref, "sample_id": sid})
+    print_fn(f"build: {len(refs)} slide(s) from {source} -> {out}; label set {set_id}, patch config {phash}; "
+             f"{len(skipped)} already done, {len(rows)} to do")
+    records = list(skipped)
+    if rows:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # one line per finished slide instead (below)
+        ctx.print_on_execution_start = False
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide,
+                    concurrency=(1, max(1, min(len(rows), int(ray.available_resources().get("CPU", 1)
+                                                          // cpus_per_slide) or 1))),
+                    fn_constructor_kwargs={"out": out, "patch_config": patch_config.model_dump(),
+                                           "label_config": label_config.model_dump(),
+                                           "previous": {k: v.to_json() for k, v in previous.items()}})
+        for i, row in enumerate(ds.iter_rows(), 1):
+            rec = SlideRecord(**row["record"])
+            records.append(rec)
+            what = (f"{rec.patches} patches, {rec.nuclei} nuclei, {rec.cells} cells {rec.labels}"
+                    if rec.status == DONE else f"FAILED: {rec.error.splitlines()[0]}")
+            print_fn(f"  [{i}/{len(rows)}] {rec.sample_id}: {what} ({rec.seconds:.1f} s)")
+    build = {"source": source, "label_set_id": set_id, "label_config": label_config.model_dump(),
+             "patch_config_hash": phash, "patch_config": patch_config.model_dump(),
+             "markers_hash": db.content_hash(), "seconds": round(time.perf_counter() - t0, 1)}
+    doc = write_manifest(out, records, build)
+    print_fn(f"build: {doc['done']} done, {doc['failed']} failed -> {storage.join(out, 'manifest.json')}")
+    return doc

@@ -1,0 +1,81 @@
+"""One slide of a build: read, label (label table per label set), cut patches (one Parquet shard
+per slide), record. Pure of Ray; ``stx_platform.build.run`` distributes it."""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import pyarrow.parquet as pq
+
+from stx_platform import storage
+from stx_platform.build.manifest import DONE, FAILED, SlideRecord, patches_done, write_record
+from stx_platform.labels.config import LabelConfig
+from stx_platform.labels.pipeline import label_expression
+from stx_platform.labels.table import label_table_url, write_label_table
+from stx_platform.patches.config import PatchConfig
+from stx_platform.patches.cut import patches_for_sample
+from stx_platform.patches.schema import schema_for
+from stx_platform.progress import Progress
+
+
+def shard_path(sample_id: str) -> str:
+    return f"patches/{sample_id}.parquet"
+
+
+def label_path(label_set_id: str, sample_id: str) -> str:
+    return label_table_url("labels", label_set_id, sample_id)
+
+
+def write_shard(url: str, sample, config: PatchConfig, say: Progress) -> tuple[int, int]:
+    """All patches of a sample into one Parquet file, written under a temporary name and moved
+    into place only when complete. Returns (patches, nucleus instances)."""
+    n_patches = n_nuclei = 0
+    schema = schema_for(config)
+    with storage.staged_output(url, ".parquet") as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="none") as w:
+            for table in patches_for_sample(sample, config, progress=say.fraction("patches")):
+                w.write_table(table.replace_schema_metadata(schema.metadata))
+                n_patches += table.num_rows
+                n_nuclei += int(table.column("nucleus_count").to_numpy().sum())
+    return n_patches, n_nuclei
+
+
+def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: LabelConfig, db,
+                previous: SlideRecord | None = None, cache_url: str | None = None,
+                verbose: bool = False) -> SlideRecord:
+    """Label and patch one slide into ``out``; never raises for a bad slide: the record says why.
+    Patches already cut with the same PatchConfig are kept (a label change never re-cuts)."""
+    from stx_platform.sources import read_sample
+
+    t0 = time.perf_counter()
+    sid = ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    say = Progress(sid if verbose else None)
+    set_id = label_config.label_set_id(db.content_hash())
+    rec = SlideRecord(sample_id=sid, ref=ref, status=FAILED, patch_config=patch_config.config_hash(),
+                      label_set_id=set_id)
+    try:
+        sample = read_sample(ref)
+        rec.sample_id, rec.organ, rec.cells = sample.sample_id, sample.organ, sample.n_cells
+        rec.label_table = label_path(set_id, sample.sample_id)
+        say(f"labelling {sample.n_cells:,} cells")
+        res = label_expression(sample.expression, sample.organ, label_config, db, sample_id=sample.sample_id,
+                               cache=cache_url or storage.join(out, "_cache"))
+        write_label_table(storage.join(out, rec.label_table), res.to_arrow())
+        rec.labels = {k: int(v) for k, v in res.cells["label"].value_counts().items()}
+        rec.shard = shard_path(sample.sample_id)
+        if patches_done(out, previous, rec.patch_config):
+            rec.patches, rec.nuclei = previous.patches, previous.nuclei
+            say("patches already cut with this config")
+        else:
+            say("cutting patches")
+            rec.patches, rec.nuclei = write_shard(storage.join(out, rec.shard), sample, patch_config, say)
+        rec.status = DONE
+    except Exception as e:  # noqa: BLE001 - a bad slide is recorded, the build goes on
+        rec.status = FAILED
+        rec.error = f"{type(e).__name__}: {e}"
+        if not isinstance(e, (ValueError, OSError)):
+            rec.error += "\n" + "".join(traceback.format_exception(e)[-3:])
+    rec.seconds = round(time.perf_counter() - t0, 2)
+    write_record(out, rec)
+    return rec
