@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 
 from stx_platform.targets import _compact, class_lut
 
-__all__ = ["Matches", "PQ", "binary_pq", "centroids", "classification_scores", "detection_scores", "dice",
+__all__ = ["PQ", "Matches", "binary_pq", "centroids", "classification_scores", "detection_scores", "dice",
            "instance_classes", "jaccard", "match_centroids", "multiclass_pq", "pannuke_scores", "pq",
            "remap_label"]
 
@@ -288,7 +288,7 @@ def detection_scores(true: Iterable[tuple[np.ndarray, np.ndarray]], pred: Iterab
         pp.append(pcl[pi])
         un_t.append(np.delete(tcl, ti))
         un_p.append(np.delete(pcl, pi))
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
     pt, pp, un_t, un_p = cat(pt), cat(pp), cat(un_t), cat(un_p)
     if classes is None:
         allc = np.concatenate([pt, pp, un_t, un_p])
@@ -341,14 +341,14 @@ def pannuke_scores(true_insts: Sequence[np.ndarray], true_classes: Sequence, pre
         scored = cpq[i][[c - 1 for c in classes]]
         mpq[i] = np.nanmean(scored) if np.any(~np.isnan(scored)) else np.nan
         dices[i], jacs[i] = dice(t, p), jaccard(t, p)
-        tid, txy = centroids(t)
-        pid, pxy = centroids(p)
+        _, txy = centroids(t)
+        _, pxy = centroids(p)
         det_true.append((txy, instance_classes(t, true_classes[i])[1]))
         det_pred.append((pxy, instance_classes(p, pred_classes[i])[1]))
     b, b_per = _tissue_mean(bpq, tissues)
     m, m_per = _tissue_mean(mpq, tissues)
     per_class = {c: _tissue_mean(cpq[:, c - 1], tissues)[0] for c in classes}
-    nanmean = lambda v: float(np.nanmean(v)) if np.any(~np.isnan(v)) else np.nan  # noqa: E731
+    nanmean = lambda v: float(np.nanmean(v)) if np.any(~np.isnan(v)) else np.nan
     return {"bPQ": b, "mPQ": m, "PQ_per_class": per_class,
             "per_tissue": {t: {"bPQ": b_per[t], "mPQ": m_per[t], "images": int((tissues == t).sum())} for t in b_per},
             "dice": nanmean(dices), "jaccard": nanmean(jacs),

@@ -39,7 +39,7 @@ def sobel_ksize(magnification: float) -> int:
         return 21
     if magnification == 20:
         return 11
-    k = int(round(21 * magnification / 40))
+    k = round(21 * magnification / 40)
     k += 1 - k % 2
     return int(min(max(k, 3), 31))
 

@@ -147,7 +147,7 @@ def class_lut(inst: np.ndarray, classes, type_order: Sequence[str] = PANNUKE_TYP
             k = int(k)
             if 0 < k <= top:
                 lut[k] = _class_index(c, type_order, unknown_index)
-        present = np.unique(inst[inst > 0])
+        present = np.flatnonzero(np.bincount(inst.ravel(), minlength=top + 1)[1:]) + 1
         missing = present[lut[present] == np.iinfo(np.int64).min]
         if missing.size:
             raise ValueError(f"{missing.size} instance ids have no class (first: {missing[:5].tolist()})")

@@ -66,6 +66,7 @@ class CellViTConfig(BaseModel):
     img_size: int = Field(256, gt=0, description="training size; other multiples of patch interpolate the position embedding")
     patch: int = Field(16, gt=0)
     in_chans: int = Field(3, gt=0)
+    decoder_scale: float = Field(1.0, gt=0, le=1, description="decoder channel widths x this (1 = CellViT's)")
 
     @model_validator(mode="after")
     def _check(self) -> CellViTConfig:
@@ -80,22 +81,27 @@ class CellViTConfig(BaseModel):
             raise ValueError("the CellViT decoder upsamples the token grid 4 times by 2: patch must be 16")
         return self
 
+    def width(self, channels: int) -> int:
+        """A decoder width scaled by ``decoder_scale`` (unchanged at 1)."""
+        return max(4, int(round(channels * self.decoder_scale)))
+
     @property
     def skip_dim_11(self) -> int:
-        return 256 if self.embed_dim < 512 else 512
+        return self.width(256 if self.embed_dim < 512 else 512)
 
     @property
     def skip_dim_12(self) -> int:
-        return 128 if self.embed_dim < 512 else 256
+        return self.width(128 if self.embed_dim < 512 else 256)
 
     @property
     def bottleneck_dim(self) -> int:
-        return 312 if self.embed_dim < 512 else 512
+        return self.width(312 if self.embed_dim < 512 else 512)
 
 
 CONFIGS: dict[str, CellViTConfig] = {
-    # a CPU test config (the decoder keeps CellViT's widths)
-    "tiny": CellViTConfig(name="tiny", embed_dim=64, depth=4, num_heads=2, extract_layers=(1, 2, 3, 4)),
+    # a CPU test / demo config: small encoder, decoder at 1/8 of CellViT's widths
+    "tiny": CellViTConfig(name="tiny", embed_dim=64, depth=4, num_heads=2, extract_layers=(1, 2, 3, 4),
+                          decoder_scale=0.125),
     # CellViT-256: HIPT ViT-256 (ViT-S/16)
     "vit256": CellViTConfig(name="vit256", embed_dim=384, depth=12, num_heads=6, extract_layers=(3, 6, 9, 12)),
     "sam_b": CellViTConfig(name="sam_b", embed_dim=768, depth=12, num_heads=12, extract_layers=(3, 6, 9, 12)),
@@ -292,16 +298,18 @@ def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
 def upsampling_branch(cfg: CellViTConfig, out_channels: int) -> nn.Sequential:
     """One branch's own up-path from the bottleneck z4 to full resolution (see module docstring)."""
     bd, p = cfg.bottleneck_dim, cfg.drop_rate
+    c256, c128, c64 = cfg.width(256), cfg.width(128), cfg.width(64)
     return nn.Sequential(OrderedDict([
         ("bottleneck_upsampler", _up(cfg.embed_dim, bd)),
         ("decoder3_upsampler", nn.Sequential(
-            Conv2DBlock(bd * 2, bd, dropout=p), Conv2DBlock(bd, bd, dropout=p), Conv2DBlock(bd, bd, dropout=p), _up(bd, 256))),
+            Conv2DBlock(bd * 2, bd, dropout=p), Conv2DBlock(bd, bd, dropout=p), Conv2DBlock(bd, bd, dropout=p), _up(bd, c256))),
         ("decoder2_upsampler", nn.Sequential(
-            Conv2DBlock(256 * 2, 256, dropout=p), Conv2DBlock(256, 256, dropout=p), _up(256, 128))),
+            Conv2DBlock(c256 * 2, c256, dropout=p), Conv2DBlock(c256, c256, dropout=p), _up(c256, c128))),
         ("decoder1_upsampler", nn.Sequential(
-            Conv2DBlock(128 * 2, 128, dropout=p), Conv2DBlock(128, 128, dropout=p), _up(128, 64))),
+            Conv2DBlock(c128 * 2, c128, dropout=p), Conv2DBlock(c128, c128, dropout=p), _up(c128, c64))),
         ("decoder0_header", nn.Sequential(
-            Conv2DBlock(64 * 2, 64, dropout=p), Conv2DBlock(64, 64, dropout=p), nn.Conv2d(64, out_channels, kernel_size=1))),
+            Conv2DBlock(c64 * 2, c64, dropout=p), Conv2DBlock(c64, c64, dropout=p),
+            nn.Conv2d(c64, out_channels, kernel_size=1))),
     ]))
 
 
@@ -325,13 +333,15 @@ class CellViT(nn.Module):
         self.config = cfg
         self.encoder = ViTEncoder(cfg)
         p, d = cfg.drop_rate, cfg.embed_dim
-        self.decoder0 = nn.Sequential(Conv2DBlock(cfg.in_chans, 32, dropout=p), Conv2DBlock(32, 64, dropout=p))
+        w = cfg.width
+        self.decoder0 = nn.Sequential(Conv2DBlock(cfg.in_chans, w(32), dropout=p), Conv2DBlock(w(32), w(64), dropout=p))
         self.decoder1 = nn.Sequential(
             Deconv2DBlock(d, cfg.skip_dim_11, dropout=p),
             Deconv2DBlock(cfg.skip_dim_11, cfg.skip_dim_12, dropout=p),
-            Deconv2DBlock(cfg.skip_dim_12, 128, dropout=p),
+            Deconv2DBlock(cfg.skip_dim_12, w(128), dropout=p),
         )
-        self.decoder2 = nn.Sequential(Deconv2DBlock(d, cfg.skip_dim_11, dropout=p), Deconv2DBlock(cfg.skip_dim_11, 256, dropout=p))
+        self.decoder2 = nn.Sequential(Deconv2DBlock(d, cfg.skip_dim_11, dropout=p),
+                                      Deconv2DBlock(cfg.skip_dim_11, w(256), dropout=p))
         self.decoder3 = nn.Sequential(Deconv2DBlock(d, cfg.bottleneck_dim, dropout=p))
         self.nuclei_binary_map_decoder = upsampling_branch(cfg, 2)
         self.hv_map_decoder = upsampling_branch(cfg, 2)
