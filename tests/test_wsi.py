@@ -46,11 +46,11 @@ def test_region_reads_are_exact_and_bounded(tiff):
 
 
 def test_wsi_pickles_without_its_file_handle(tiff):
-    import pickle
+    import cloudpickle  # what Ray uses to ship objects to workers
 
     w = WSI(tiff, "S1")
     w.read_region(0, 0, 8, 8)
-    w2 = pickle.loads(pickle.dumps(w))
+    w2 = cloudpickle.loads(cloudpickle.dumps(w))
     assert np.array_equal(w2.read_region(10, 10, 20, 20), w.read_region(10, 10, 20, 20))
 
 

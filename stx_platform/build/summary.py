@@ -39,9 +39,9 @@ def summarise(out: str, manifest: dict, n_pictures: int = 12, seed: int = 0) -> 
 
     rng = np.random.default_rng(seed)
     done = [r for r in manifest["slides"] if r["status"] == "done"]
-    rows, comp, picks = [], [], []
+    rows, comp, picks, by_sample = [], [], [], {}
     for rec in done:
-        labels = _labels(out, rec)
+        labels = by_sample[rec["sample_id"]] = _labels(out, rec)
         comp.append({"sample": rec["sample_id"], "organ": rec["organ"], "cells": rec["cells"],
                      **{c: int((labels == c).sum()) for c in LABEL_CLASSES}})
         t = pq.read_table(storage.join(out, rec["shard"]), columns=["cell_ids"])
@@ -66,7 +66,7 @@ def summarise(out: str, manifest: dict, n_pictures: int = 12, seed: int = 0) -> 
     for rec, i in [picks[j] for j in rng.permutation(len(picks))[:n_pictures]]:
         t = pq.read_table(storage.join(out, rec["shard"]), columns=["image", "instance_map", "cell_ids", "x", "y"])
         r = t.slice(i, 1).to_pylist()[0]
-        labels = _labels(out, rec)
+        labels = by_sample[rec["sample_id"]]
         classes = list(labels.reindex(pd.Index(r["cell_ids"])).fillna(UNKNOWN))
         img = outline_instances(decode_image(r["image"]), decode_instance_map(r["instance_map"]), classes)
         tiles.append(caption(img, f"{rec['sample_id']} ({rec['organ']}) x={r['x']} y={r['y']}", font_size=12))
