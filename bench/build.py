@@ -15,7 +15,8 @@ import time
 
 def cut(ref: str, out: str) -> int:
     from stx_platform import storage
-    from stx_platform.build.slide import shard_path, write_shard
+    from stx_platform.build.manifest import shard_path
+    from stx_platform.build.slide import write_shard
     from stx_platform.patches.config import PatchConfig
     from stx_platform.progress import Progress
     from stx_platform.sources import read_sample

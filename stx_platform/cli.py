@@ -21,12 +21,13 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def cmd_synth(args) -> int:
+    from stx_platform.organs import canonical_organ
     from stx_platform.synth.generate import generate_set, plan
     from stx_platform.synth.organs import RECIPES
 
     organs = tuple(args.organs) if args.organs else None
     for o in organs or ():
-        if o.lower() not in RECIPES and o.lower() not in ("bowel", "lymphoid"):
+        if canonical_organ(o) not in RECIPES:
             print(f"error: unknown organ {o!r}; known: {', '.join(RECIPES)}", file=sys.stderr)
             return 2
     specs = plan(args.slides, args.seed, organs, args.cells)
@@ -90,15 +91,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _sample_refs(url: str) -> list[str]:
-    from stx_platform.sources import list_samples
-
-    refs = [url] if "#" in url else list_samples(url)
-    if not refs:
-        raise ValueError(f"no samples under {url}")
-    return refs
-
-
 def _label_config(args, overrides):
     """LabelConfig from --config, the overrides and the marker-file options."""
     from stx_platform.labels.config import LabelConfig
@@ -122,15 +114,15 @@ def cmd_label(args) -> int:
     from stx_platform.labels.pipeline import label_expression
     from stx_platform.labels.table import label_table_url, write_label_table
     from stx_platform.progress import Progress
-    from stx_platform.sources import read_sample
+    from stx_platform.sources import read_sample, sample_id_of, sample_refs
 
     config, db = _label_setup(args)
     set_id = config.label_set_id(db.content_hash())
-    refs = _sample_refs(args.sample)
+    refs = sample_refs(args.sample)
     cache = args.cache or storage.join(args.out, "_cache")
     print(f"stx label: {len(refs)} sample(s), label set {set_id} -> {storage.join(args.out, set_id)}", flush=True)
     for ref in refs:
-        say = Progress(ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1])
+        say = Progress(sample_id_of(ref))
         sample = read_sample(ref)
         say(f"{sample.n_cells:,} cells x {sample.expression.n_vars} genes, organ {sample.organ}")
         res = label_expression(sample.expression, sample.organ, config, db, sample_id=sample.sample_id,
@@ -149,11 +141,11 @@ def cmd_label_eval(args) -> int:
     from stx_platform import storage
     from stx_platform.labels.compare import METHOD_ORDER, compare
     from stx_platform.labels.evaluate import confusion_figure, table3
-    from stx_platform.sources import read_sample
+    from stx_platform.sources import read_sample, sample_refs
 
     config, db = _label_setup(args)
     methods = tuple(args.methods or METHOD_ORDER)
-    refs = _sample_refs(args.samples)
+    refs = sample_refs(args.samples)
     print(f"stx label-eval: {len(refs)} sample(s), methods {', '.join(methods)}", flush=True)
     samples = [read_sample(r) for r in refs]
     results, per_sample = compare(samples, config, db, methods, args.cache)

@@ -9,8 +9,19 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from stx_platform import storage
+from stx_platform.labels.table import label_table_url
 
 DONE, FAILED = "done", "failed"
+
+
+def shard_path(sample_id: str) -> str:
+    """A slide's patch shard, relative to the build root."""
+    return f"patches/{sample_id}.parquet"
+
+
+def label_path(label_set_id: str, sample_id: str) -> str:
+    """A slide's label table for a label set, relative to the build root."""
+    return label_table_url("labels", label_set_id, sample_id)
 
 
 @dataclass
@@ -60,6 +71,12 @@ def patches_done(out: str, rec: SlideRecord | None, patch_config: str) -> bool:
 def is_done(out: str, rec: SlideRecord | None, patch_config: str, label_set_id: str) -> bool:
     return (patches_done(out, rec, patch_config) and rec.label_set_id == label_set_id
             and storage.exists(storage.join(out, rec.label_table)))
+
+
+def done_slides(out: str) -> list[dict]:
+    """The records of ``<out>/manifest.json`` whose slide is done, in manifest order."""
+    doc = storage.read_json(storage.join(out, "manifest.json"))
+    return [s for s in doc.get("slides", []) if s.get("status") == DONE and s.get("shard")]
 
 
 def write_manifest(out: str, records: list[SlideRecord], build: dict) -> dict:

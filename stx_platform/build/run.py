@@ -32,21 +32,13 @@ class SlideBuilder:
         return {"record": rec.to_json()}
 
 
-def sample_refs(source: str) -> list[str]:
-    from stx_platform.sources import list_samples
-
-    refs = [source] if "#" in source else list_samples(source)
-    if not refs:
-        raise ValueError(f"no samples under {source}")
-    return refs
-
-
 def run_build(source: str, out: str, patch_config: PatchConfig, label_config: LabelConfig,
               cpus_per_slide: float = 1.0, print_fn=print) -> dict:
     """Build (or resume) a dataset; returns the manifest document."""
     import ray
 
     from stx_platform.labels.markers import load_markers
+    from stx_platform.sources import sample_id_of, sample_refs
 
     t0 = time.perf_counter()
     refs = sample_refs(source)
@@ -56,7 +48,7 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
     previous = read_records(out)
     rows, skipped = [], []
     for ref in refs:
-        sid = ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+        sid = sample_id_of(ref)
         if is_done(out, previous.get(sid), phash, set_id):
             skipped.append(previous[sid])
         else:

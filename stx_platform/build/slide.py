@@ -9,22 +9,14 @@ import traceback
 import pyarrow.parquet as pq
 
 from stx_platform import storage
-from stx_platform.build.manifest import DONE, FAILED, SlideRecord, patches_done, write_record
+from stx_platform.build.manifest import DONE, FAILED, SlideRecord, label_path, patches_done, shard_path, write_record
 from stx_platform.labels.config import LabelConfig
 from stx_platform.labels.pipeline import label_expression
-from stx_platform.labels.table import label_table_url, write_label_table
+from stx_platform.labels.table import write_label_table
 from stx_platform.patches.config import PatchConfig
 from stx_platform.patches.cut import patches_for_sample
 from stx_platform.patches.schema import schema_for
 from stx_platform.progress import Progress
-
-
-def shard_path(sample_id: str) -> str:
-    return f"patches/{sample_id}.parquet"
-
-
-def label_path(label_set_id: str, sample_id: str) -> str:
-    return label_table_url("labels", label_set_id, sample_id)
 
 
 def write_shard(url: str, sample, config: PatchConfig, say: Progress) -> tuple[int, int]:
@@ -46,10 +38,10 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
                 verbose: bool = False) -> SlideRecord:
     """Label and patch one slide into ``out``; never raises for a bad slide: the record says why.
     Patches already cut with the same PatchConfig are kept (a label change never re-cuts)."""
-    from stx_platform.sources import read_sample
+    from stx_platform.sources import read_sample, sample_id_of
 
     t0 = time.perf_counter()
-    sid = ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    sid = sample_id_of(ref)
     say = Progress(sid if verbose else None)
     set_id = label_config.label_set_id(db.content_hash())
     rec = SlideRecord(sample_id=sid, ref=ref, status=FAILED, patch_config=patch_config.config_hash(),

@@ -11,7 +11,8 @@ from stx_platform.sources.hest import list_hest_samples, read_hest_sample
 from stx_platform.sources.sample import Sample
 from stx_platform.sources.xenium import is_xenium_bundle, list_xenium_bundles, read_xenium_bundle
 
-__all__ = ["Sample", "list_samples", "read_sample", "read_hest_sample", "read_xenium_bundle"]
+__all__ = ["Sample", "list_samples", "read_sample", "read_hest_sample", "read_xenium_bundle", "sample_id_of",
+           "sample_refs"]
 
 
 def list_samples(url: str) -> list[str]:
@@ -22,6 +23,19 @@ def list_samples(url: str) -> list[str]:
     refs = [f"{url}#{sid}" for sid in list_hest_samples(url)]
     refs += [storage.join(url, name) for name in list_xenium_bundles(url)]
     return refs
+
+
+def sample_refs(url: str) -> list[str]:
+    """``[url]`` for one ``ROOT#ID`` reference, else every sample under ``url``; an error when none."""
+    refs = [url] if "#" in url else list_samples(url)
+    if not refs:
+        raise ValueError(f"no samples under {url}")
+    return refs
+
+
+def sample_id_of(ref: str) -> str:
+    """The sample id a reference names (the part after ``#``, or the bundle folder's name)."""
+    return ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
 
 
 def read_sample(ref: str, **kwargs) -> Sample:

@@ -133,9 +133,9 @@ HELDOUT_ORGANS: tuple[str, ...] = ("thyroid", "uterus", "lymph_node")
 
 
 def recipe(organ: str) -> OrganRecipe:
-    key = organ.lower().replace(" ", "_").replace("-", "_")
-    aliases = {"bowel": "colon", "lymphoid": "lymph_node", "pancreatic": "pancreas", "ovarian": "ovary"}
-    key = aliases.get(key, key)
+    from stx_platform.organs import canonical_organ
+
+    key = canonical_organ(organ)
     if key not in RECIPES:
         raise ValueError(f"unknown organ {organ!r}; known: {', '.join(RECIPES)}")
     return RECIPES[key]

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from stx_platform import storage
-from stx_platform.labels.table import label_table_url, read_label_table
+from stx_platform.build.manifest import done_slides, label_path
+from stx_platform.labels.table import read_label_table
 from stx_platform.organs import canonical_organ
 from stx_platform.patches.schema import decode_image, decode_instance_map
 from stx_platform.targets import targets
@@ -68,16 +69,9 @@ def tissue_index(organ: str | None) -> int:
 
 # ---------------------------------------------------------------- labels
 
-def _manifest_slides(dataset_url: str) -> list[dict]:
-    """Slides of ``<dataset>/manifest.json`` whose status is done, in manifest order."""
-    doc = storage.read_json(storage.join(dataset_url, "manifest.json"))
-    return [s for s in doc.get("slides", []) if s.get("status") == "done" and s.get("shard")]
-
-
 def _label_url(dataset_url: str, slide: dict, label_set_id: str | None) -> str:
-    if label_set_id is None:
-        return storage.join(dataset_url, slide["label_table"])
-    return label_table_url(storage.join(dataset_url, "labels"), label_set_id, slide["sample_id"])
+    rel = slide["label_table"] if label_set_id is None else label_path(label_set_id, slide["sample_id"])
+    return storage.join(dataset_url, rel)
 
 
 def _read_labels(url: str) -> pd.Series:
@@ -94,7 +88,7 @@ def load_labels(dataset_url: str, label_set_id: str | None = None,
     """
     wanted = None if sample_ids is None else set(sample_ids)
     return {s["sample_id"]: _read_labels(_label_url(dataset_url, s, label_set_id))
-            for s in _manifest_slides(dataset_url) if wanted is None or s["sample_id"] in wanted}
+            for s in done_slides(dataset_url) if wanted is None or s["sample_id"] in wanted}
 
 
 class LabelLookup(Mapping):
@@ -103,7 +97,7 @@ class LabelLookup(Mapping):
 
     def __init__(self, dataset_url: str, label_set_id: str | None = None):
         self.dataset_url, self.label_set_id = dataset_url, label_set_id
-        self._slides = {s["sample_id"]: s for s in _manifest_slides(dataset_url)}
+        self._slides = {s["sample_id"]: s for s in done_slides(dataset_url)}
         self._cache: dict[str, pd.Series] = {}
 
     def __getitem__(self, sample_id: str) -> pd.Series:
@@ -330,7 +324,7 @@ def _arrow_paths(urls: list[str]):
 
 def shard_urls(dataset_url: str) -> list[str]:
     """URLs of the patch shards of the dataset's done slides."""
-    return [storage.join(dataset_url, s["shard"]) for s in _manifest_slides(dataset_url)]
+    return [storage.join(dataset_url, s["shard"]) for s in done_slides(dataset_url)]
 
 
 def training_dataset(dataset_url: str, label_set_id: str | None = None, *, augment: bool = True, seed: int = 0,
