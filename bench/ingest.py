@@ -6,10 +6,14 @@ Ray Data worker runs), single process with BLAS/OpenMP pinned to one thread. Bes
   (b) baseline: the same ingest with the per-nucleus reference HV loop
       (stx_platform.targets.hv_map_loop) in place of the vectorised hv_map.
 
-A small dataset (a few synthetic HEST slides, built with build_slide) is made in a temp dir.
+A small dataset (a few synthetic HEST slides, built with build_slide) is made in a temp dir. Also
+printed: ms/sample per stage of the augmented ingest (Parquet read, decode, label join,
+augmentation, targets, normalise/stack into the batch arrays), and whether the targets of issue 7
+(>= 400 samples/s/core, >= 5x the baseline) are met.
 
     python bench/ingest.py                   # 2 slides x 1500 cells, best of 3 passes
     python bench/ingest.py --slides 3 --cells 3000 --repeat 2
+    python bench/ingest.py --dataset DIR     # an already built dataset (manifest.json) instead
 """
 
 from __future__ import annotations
@@ -82,12 +86,68 @@ def ingest(urls: list[str], labels, augment: bool = True) -> int:
     return n
 
 
+STAGES = ("read", "decode", "label join", "augmentation", "targets", "normalise/stack")
+
+
+def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
+    """ms/sample per stage of transform_batch's work (augmented, batches of 16), each stage timed
+    around its calls record by record; best pass per stage."""
+    from stx_platform.patches.schema import decode_image, decode_instance_map
+    from stx_platform.targets import targets
+    from stx_platform.training import ingest as I
+
+    clock = time.perf_counter
+    best, n = dict.fromkeys(STAGES, np.inf), 0
+    for _ in range(repeat):
+        acc, n = dict.fromkeys(STAGES, 0.0), 0
+        t = clock()
+        shards = read_shards(urls)
+        acc["read"] += clock() - t
+        for b in shards:
+            for s in range(0, len(b["image"]), 16):
+                rows = range(s, min(s + 16, len(b["image"])))
+                out = None
+                for i, j in enumerate(rows):
+                    t0 = clock()
+                    img, inst = decode_image(b["image"][j]), decode_instance_map(b["instance_map"][j])
+                    t1 = clock()
+                    classes = I.instance_classes(b["cell_ids"][j], I._labels_for(labels, b["sample_id"][j]))
+                    t2 = clock()
+                    img, inst = I.augment(img, inst, I.patch_rng(0, 0, str(b["patch_id"][j])))
+                    t3 = clock()
+                    if out is None:
+                        h, w = inst.shape
+                        out = {"image": np.empty((len(rows), 3, h, w), np.float32),
+                               "binary": np.empty((len(rows), h, w), np.int64),
+                               "hv": np.empty((len(rows), 2, h, w), np.float32),
+                               "type": np.empty((len(rows), h, w), np.int64), "tissue": np.empty(len(rows), np.int64)}
+                    t4 = clock()
+                    targets(inst, classes, out={k: out[k][i] for k in ("binary", "hv", "type")})
+                    t5 = clock()
+                    I.normalise(img, out["image"][i])
+                    out["tissue"][i] = I.tissue_index(b["organ"][j])
+                    t6 = clock()
+                    for k, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t5 - t4, t6 - t5 + t4 - t3)):
+                        acc[k] += dt
+                    n += 1
+        best = {k: min(best[k], acc[k]) for k in STAGES}
+    return {k: 1e3 * v / max(n, 1) for k, v in best.items()}
+
+
 @contextlib.contextmanager
 def loop_hv():
     import stx_platform.targets as T
 
     fast = T.hv_map
-    T.hv_map = T.hv_map_loop
+
+    def loop(inst, out=None):
+        hv = T.hv_map_loop(inst)
+        if out is None:
+            return hv
+        out[...] = hv
+        return out
+
+    T.hv_map = loop
     try:
         yield
     finally:
@@ -109,13 +169,14 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=1500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--dataset", help="an already built dataset directory (skips building one)")
     args = ap.parse_args()
 
     from stx_platform.training.ingest import load_labels, shard_urls
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ds = build_dataset(tmp, args.slides, args.cells, args.seed)
+        ds = args.dataset or build_dataset(tmp, args.slides, args.cells, args.seed)
         urls = shard_urls(ds)
         labels = load_labels(ds)
         n = sum(pq.ParquetFile(u).metadata.num_rows for u in urls)
@@ -127,12 +188,18 @@ def main() -> None:
         no_aug = rate(lambda: ingest(urls, labels, augment=False), args.repeat)
         with loop_hv():
             base = rate(lambda: ingest(urls, labels, augment=True), args.repeat)
+        stages = stage_times(urls, labels, args.repeat)
     print(f"  (a) Parquet read + decode (ceiling)       {ceiling:8.1f} samples/s/core  {1e3 / ceiling:6.2f} ms")
     print(f"      ingest, targets, no augmentation      {no_aug:8.1f} samples/s/core  {1e3 / no_aug:6.2f} ms")
     print(f"      ingest + augmentation + targets       {ours:8.1f} samples/s/core  {1e3 / ours:6.2f} ms")
     print(f"  (b) same with hv_map_loop (baseline)      {base:8.1f} samples/s/core  {1e3 / base:6.2f} ms")
     print(f"  ingest / ceiling = {ours / ceiling:.2f}   ingest / baseline = {ours / base:.2f}x   "
           f"augmentation cost = {1e3 / ours - 1e3 / no_aug:.2f} ms/sample")
+    print("  per stage, ms/sample: " + "  ".join(f"{k} {v:.2f}" for k, v in stages.items())
+          + f"  (sum {sum(stages.values()):.2f})")
+    ok_rate, ok_ratio = ours >= 400, ours / base >= 5
+    print(f"  target >= 400 samples/s/core: {'met' if ok_rate else 'NOT met'} ({ours:.0f});  "
+          f">= 5x baseline: {'met' if ok_ratio else 'NOT met'} ({ours / base:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -141,6 +142,7 @@ def cmd_label_eval(args) -> int:
     from stx_platform import storage
     from stx_platform.labels.compare import METHOD_ORDER, compare
     from stx_platform.labels.evaluate import confusion_figure, table3
+    from stx_platform.viz import figure_png
     from stx_platform.sources import read_sample, sample_refs
 
     config, db = _label_setup(args)
@@ -156,12 +158,7 @@ def cmd_label_eval(args) -> int:
               f"{'embedded default' if config.markers.embedded else config.markers.model_dump(exclude_none=True)}\n\n")
     print()
     print(md)
-    fig = confusion_figure(results, list(methods))
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    storage.write_bytes(storage.join(args.out, "confusion.png"), buf.getvalue())
+    storage.write_bytes(storage.join(args.out, "confusion.png"), figure_png(confusion_figure(results, list(methods))))
     storage.write_bytes(storage.join(args.out, "table3.md"), (header + md + "\n").encode())
     storage.write_bytes(storage.join(args.out, "per_sample.csv"), per_sample.to_csv(index=False).encode())
     print(f"\nwrote {args.out}/table3.md, confusion.png, per_sample.csv")
@@ -193,35 +190,45 @@ def cmd_markers(args) -> int:
 def _section_overrides(sets: list[str] | None, section: str) -> list[str]:
     """``--set patches.stride=200`` goes to the patch config; ``--set labels.top_n=8`` and keys
     without a section go to the label config."""
-    out = []
-    for item in sets or ():
-        key = item.split("=", 1)[0]
-        if section == "patches":
-            if key.startswith("patches."):
-                out.append(item[len("patches."):])
-        elif not key.startswith("patches."):
-            out.append(item[len("labels."):] if key.startswith("labels.") else item)
-    return out
+    from stx_platform.config_io import split_overrides
+
+    return split_overrides(sets, section, default="labels")
+
+
+@contextlib.contextmanager
+def _ray_session(args):
+    """Connect to ``--address`` / ``RAY_ADDRESS``, else start a local Ray with ``--num-cpus``, and
+    shut it down afterwards; a Ray already initialised in this process is used as it is. Worker logs
+    stay on the workers: progress comes back through the jobs' own reporting."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def cmd_build(args) -> int:
     import os
 
-    import ray
-    import yaml
 
-    from stx_platform import storage
     from stx_platform.build.run import run_build
     from stx_platform.build.summary import log_to_mlflow, summarise
+    from stx_platform.config_io import load_config
     from stx_platform.patches.config import PatchConfig
 
     label_config = _label_config(args, _section_overrides(args.set, "labels"))
-    doc = yaml.safe_load(storage.read_bytes(args.config)) if args.config else {}
-    patch_data = dict((doc or {}).get("patches") or {})
-    for item in _section_overrides(args.set, "patches"):
-        k, v = item.split("=", 1)
-        patch_data[k] = yaml.safe_load(v)
-    patch_config = PatchConfig.model_validate(patch_data)
+    patch_config = load_config(PatchConfig, args.config, "patches", _section_overrides(args.set, "patches"))
 
     source = args.source
     if source is None:
@@ -231,14 +238,8 @@ def cmd_build(args) -> int:
         if not list_samples(source):
             print(f"no source given and {source} is empty: generating the embedded synthetic default there", flush=True)
             cmd_synth(build_parser().parse_args(["synth", "--out", source]))
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
+    with _ray_session(args):
         manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide)
-    finally:
-        ray.shutdown()
     summary = summarise(args.out, manifest)
     print()
     print(summary["markdown"])
@@ -249,6 +250,101 @@ def cmd_build(args) -> int:
         run_id = log_to_mlflow(args.out, manifest, summary, uri)
         print(f"mlflow: run {run_id} at {uri}")
     return 0 if manifest["failed"] == 0 else 3
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.{digits}f}"
+
+
+def _validation_fold(url: str | None) -> str:
+    """The fold to validate on; the synthetic default is generated when missing."""
+    if url:
+        return url
+    from stx_platform import storage
+
+    if not storage.exists(storage.join(DEFAULT_PANNUKE_OUT, "images.npy")):
+        print(f"no validation fold given and {DEFAULT_PANNUKE_OUT} is empty: generating the synthetic PanNuke "
+              "fold there", flush=True)
+        cmd_synth_pannuke(build_parser().parse_args(["synth-pannuke", "--out", DEFAULT_PANNUKE_OUT]))
+    return DEFAULT_PANNUKE_OUT
+
+
+def _print_epoch(total: int):
+    def show(ev: dict) -> None:
+        if "error" in ev:
+            print(f"  worker failure (a restart from the last checkpoint follows if retries are left): "
+                  f"{ev['error']}", flush=True)
+            return
+        m = ev["metrics"]
+        print(f"  epoch {int(m.get('epoch', 0))}/{total}  loss {_fmt(m.get('loss'))}  "
+              f"val mPQ {_fmt(m.get('val_mPQ'))}  bPQ {_fmt(m.get('val_bPQ'))}  F1 {_fmt(m.get('val_f1'))}  "
+              f"macro F1 {_fmt(m.get('val_macro_f1'))}  ({_fmt(m.get('epoch_s'), 1)} s train at "
+              f"{_fmt(m.get('samples_per_s'), 1)} samples/s, {_fmt(m.get('val_s'), 1)} s validation)", flush=True)
+    return show
+
+
+def cmd_train(args) -> int:
+    import ray
+
+    from stx_platform.config_io import apply_overrides, read_section, split_overrides
+    from stx_platform.training.config import TrainConfig
+    from stx_platform.training.run import read_run_info, run_training
+
+    overrides = split_overrides(args.set, "train", default="train")
+    with _ray_session(args):
+        if args.resume:
+            info = read_run_info(args.storage, args.name)
+            cfg = TrainConfig.model_validate(apply_overrides(dict(info["train"]), overrides))
+            dataset, validation, label_set = info["dataset"], info["validation"], info["label_set_id"] or None
+        else:
+            preset = args.preset
+            if preset == "auto":
+                preset = read_section(args.config, "train").get("preset")
+            if preset in (None, "auto"):
+                preset = "cellvit" if ray.cluster_resources().get("GPU", 0) > 0 else "tiny"
+                print(f"preset {preset} ({'GPUs found' if preset == 'cellvit' else 'no GPU in the Ray cluster'}; "
+                      "choose with --preset)", flush=True)
+            cfg = TrainConfig.load(args.config, overrides, preset=preset)
+            dataset, validation, label_set = args.dataset, _validation_fold(args.validation), args.label_set
+        print(f"stx train: {cfg.model} ({cfg.preset}), {cfg.epochs} epoch(s) of "
+              f"{cfg.samples_per_epoch or 'all'} patches, batch {cfg.batch_size} x {cfg.num_workers} worker(s); "
+              f"dataset {dataset}, validation {validation}", flush=True)
+        res = run_training(dataset, validation, cfg, storage_url=args.storage, name=args.name, resume=args.resume,
+                           label_set_id=label_set, mlflow_uri=args.mlflow, on_epoch=_print_epoch(cfg.epochs))
+    b = res.best_metrics
+    print(f"\ntrained {res.epochs} epoch(s) in {res.seconds:.0f} s; run {res.run_dir}")
+    print(f"best checkpoint ({cfg.metric} {_fmt(b.get('val_' + cfg.metric))}): {res.best_checkpoint}")
+    print(f"mlflow: run {res.mlflow_run_id} at {res.tracking_uri}  (view: mlflow ui --backend-store-uri "
+          f"{res.tracking_uri})")
+    print(f"next:   stx evaluate --checkpoint {res.run_dir} --pannuke {validation}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from stx_platform import storage
+    from stx_platform.progress import Progress
+    from stx_platform.training.checkpoint import load_trained_model
+    from stx_platform.training.validate import evaluate
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.time()
+    tm = load_trained_model(args.checkpoint, device)
+    print(f"stx evaluate: {tm.source} (epoch {tm.epoch + 1}, {tm.model.config.name}) on {args.pannuke}", flush=True)
+    ev = evaluate(tm.model, args.pannuke, args.limit, args.batch_size, overlays=args.overlays,
+                  progress=Progress("  ").fraction("images"))
+    rows = [{"metric": k, "value": _fmt(v, 4)} for k, v in ev.metrics.items()]
+    print()
+    print(_table(rows, ["metric", "value"]))
+    print()
+    print("confusion (matched nuclei; rows truth, columns prediction):")
+    print(ev.confusion.to_string())
+    written = ev.write(args.out, title=f"{tm.model.config.name} epoch {tm.epoch + 1}")
+    storage.write_json(storage.join(args.out, "checkpoint.json"), {"checkpoint": tm.source, "epoch": tm.epoch + 1,
+                                                                   "fold": args.pannuke, "images": ev.scores["images"]})
+    print(f"\nwrote {', '.join(written.values())} ({time.time() - t0:.1f} s)")
+    return 0
 
 
 def _label_options(p: argparse.ArgumentParser) -> None:
@@ -323,6 +419,39 @@ def build_parser() -> argparse.ArgumentParser:
     _label_options(bd)
     bd.set_defaults(func=cmd_build)
 
+    tr = sub.add_parser("train", help="train CellViT on a built dataset with Ray Train, validating on a PanNuke "
+                                      "fold every epoch; tracked in MLflow")
+    tr.add_argument("--dataset", default="stx-data/dataset", help="built dataset URL (stx build --out)")
+    tr.add_argument("--validation", help=f"PanNuke-format fold URL (default: {DEFAULT_PANNUKE_OUT}, synthetic, "
+                                         "generated when missing)")
+    tr.add_argument("--preset", choices=("auto", "tiny", "cellvit"), default="auto",
+                    help="starting settings: cellvit = the paper's GPU recipe, tiny = CPU demo; auto picks by GPU")
+    tr.add_argument("--config", help="YAML with a train: section (or train fields at top level)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train field, e.g. epochs=5")
+    tr.add_argument("--label-set", help="label set id to train on (default: the labels the dataset was built with)")
+    tr.add_argument("--storage", default="stx-data/runs", help="where runs and checkpoints go (folder or s3://)")
+    tr.add_argument("--name", help="run name (default: model-labelset-time); with --resume, the run to continue")
+    tr.add_argument("--resume", action="store_true", help="continue the stopped run --name from its last checkpoint")
+    tr.add_argument("--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///stx-data/mlflow.db)")
+    tr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    tr.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score a trained checkpoint on a PanNuke-format fold (PanNuke metrics, "
+                                         "confusion matrix, overlays)")
+    ev.add_argument("--checkpoint", required=True, help="model.pt, a checkpoint folder or a run folder (newest epoch)")
+    ev.add_argument("--pannuke", default=DEFAULT_PANNUKE_OUT, help="PanNuke-format fold URL")
+    ev.add_argument("--out", default="stx-data/evaluate", help="where metrics.json and the pictures go")
+    ev.add_argument("--limit", type=int, help="first N images only")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--overlays", type=int, default=6, help="images drawn into overlays.png")
+    ev.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    from stx_platform.predict import add_predict_parser
+
+    add_predict_parser(sub)
+
     ls = sub.add_parser("list", help="list the samples under a URL")
     ls.add_argument("url")
     ls.set_defaults(func=cmd_list)
@@ -336,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except SampleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -25,12 +25,11 @@ import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER
 
-__all__ = ["instances_from_maps", "nucleus_table", "sobel_ksize"]
+__all__ = ["instance_contours", "instances_from_maps", "nucleus_table", "sobel_ksize"]
 
 
 def sobel_ksize(magnification: float) -> int:
@@ -53,7 +52,12 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    return remove_small_objects(labels, max_size=min_size - 1) if min_size > 1 else labels
+    """Labelled objects with fewer than ``min_size`` pixels set to 0 (as skimage's remove_small_objects)."""
+    if min_size <= 1 or not labels.any():
+        return labels
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
 
 
 def _watershed_instances(binary_prob: np.ndarray, hv: np.ndarray, magnification: float,
@@ -146,3 +150,23 @@ def instances_from_maps(binary_prob: np.ndarray, hv: np.ndarray, type_prob: np.n
             raise ValueError(f"type_prob must be (C, H, W) with (H, W) = {binary_prob.shape}, got {type_prob.shape}")
     inst = _consecutive(_watershed_instances(binary_prob, hv, magnification))
     return inst, nucleus_table(inst, type_prob, class_names)
+
+
+def instance_contours(inst: np.ndarray, ids: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+    """Outer boundary of each nucleus (or of ``ids``) of an instance map: ``{id: (k, 2) float (x, y)
+    vertices}`` through the centres of its boundary pixels (the largest piece when a nucleus is
+    split; a one-pixel-thin nucleus, which has no area between pixel centres, gets its pixel box)."""
+    boxes = ndi.find_objects(np.asarray(inst, np.int64))
+    out: dict[int, np.ndarray] = {}
+    for i in (range(1, len(boxes) + 1) if ids is None else ids):
+        sl = boxes[i - 1] if 0 < i <= len(boxes) else None
+        if sl is None:
+            continue
+        mask = (inst[sl] == i).astype(np.uint8)
+        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        ring = max(found, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
+        if len(ring) < 3 or cv2.contourArea(ring.astype(np.float32)) == 0:
+            h, w = mask.shape
+            ring = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+        out[int(i)] = ring + (sl[1].start, sl[0].start)
+    return out

@@ -28,6 +28,24 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def arrow_filesystem(urls: str | list[str]):
+    """``(paths, pyarrow filesystem or None)`` for pyarrow/Ray (``read_parquet``, Ray Train
+    ``storage_path``): plain absolute paths and None locally, else paths inside a pyarrow
+    ``PyFileSystem`` over the fsspec filesystem of the first URL (s3:// with its endpoint and
+    credentials from the environment, as everywhere else)."""
+    single = isinstance(urls, str)
+    items = [urls] if single else list(urls)
+    if all(is_local(u) for u in items):
+        paths = [os.path.abspath(filesystem(u)[1]) for u in items]
+        fs = None
+    else:
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        paths = [filesystem(u)[1] for u in items]
+        fs = PyFileSystem(FSSpecHandler(filesystem(items[0])[0]))
+    return (paths[0] if single else paths), fs
+
+
 def is_local(url: str) -> bool:
     return isinstance(filesystem(url)[0], LocalFileSystem)
 

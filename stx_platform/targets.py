@@ -63,28 +63,48 @@ def binary_map(inst: np.ndarray) -> np.ndarray:
     return (_check_inst(inst) > 0).astype(np.uint8)
 
 
-def hv_map(inst: np.ndarray) -> np.ndarray:
-    """Horizontal/vertical distance map (2, H, W) float32, vectorised over nuclei."""
+def _offset_table(idx: np.ndarray, n: int, size: int) -> np.ndarray:
+    """``idx = nucleus * size + coordinate`` per foreground pixel -> (n, size) float32 table of each
+    coordinate's normalised offset from the nucleus' rounded centre of mass (one axis)."""
+    counts = np.bincount(idx, minlength=n * size).reshape(n, size)
+    pos = np.arange(size)
+    com = np.floor((counts @ pos) / np.maximum(counts.sum(1), 1) + 0.5).astype(np.int64)
+    seen = counts > 0
+    lo = com - seen.argmax(1)                                 # -(most negative offset), >= 0
+    hi = (size - 1 - seen[:, ::-1].argmax(1)) - com           # most positive offset, >= 0
+    d = pos - com[:, None]
+    scale = np.where(d < 0, lo[:, None], hi[:, None]).astype(np.float64)
+    return np.divide(d, scale, out=np.zeros(d.shape, np.float64), where=scale != 0).astype(np.float32)
+
+
+def hv_map(inst: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Horizontal/vertical distance map (2, H, W) float32, vectorised over nuclei (into ``out`` when given).
+
+    Per axis, one bincount of (nucleus, coordinate) over the foreground pixels gives each nucleus'
+    area, centre of mass and extent, hence a (nuclei, H or W) table of offsets, gathered per pixel.
+    """
     inst = _check_inst(inst)
     h, w = inst.shape
-    out = np.zeros((2, h, w), np.float32)
-    flat = np.flatnonzero(inst.ravel())
+    if out is None:
+        out = np.zeros((2, h, w), np.float32)
+    elif out.shape != (2, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float32 array of shape {(2, h, w)}, got {out.dtype} {out.shape}")
+    else:
+        out[...] = 0
+    flat = np.flatnonzero(inst.ravel() != 0)
     if flat.size == 0:
         return out
-    _, k = _compact(inst.ravel()[flat].astype(np.int64))
-    n = int(k.max()) + 1
+    labels = inst.ravel()[flat].astype(np.intp)
+    top = int(labels.max())
+    if (top + 1) * max(h, w) <= 4 * labels.size + 65536:     # small ids: tables indexed by id as is
+        k, n = labels, top + 1
+    else:
+        _, k = _compact(labels)
+        n = int(k.max()) + 1
     rows, cols = np.divmod(flat, w)
-    area = np.bincount(k, minlength=n).astype(np.float64)
-    for ch, coord in ((0, cols), (1, rows)):
-        com = np.floor(np.bincount(k, weights=coord, minlength=n) / area + 0.5).astype(np.int64)
-        d = coord - com[k]                                  # integer offsets from the rounded centre
-        lo = np.zeros(n, np.int64)
-        hi = np.zeros(n, np.int64)
-        np.minimum.at(lo, k, d)                             # most negative offset (0 if none)
-        np.maximum.at(hi, k, d)                             # most positive offset (0 if none)
-        scale = np.where(d < 0, -lo[k], hi[k]).astype(np.float64)
-        val = np.divide(d, scale, out=np.zeros(d.shape, np.float64), where=scale != 0)
-        out[ch].ravel()[flat] = val
+    for ch, coord, size in ((0, cols, w), (1, rows, h)):
+        idx = k * size + coord
+        out[ch].ravel()[flat] = _offset_table(idx, n, size).ravel()[idx]
     return out
 
 
@@ -175,8 +195,18 @@ def type_map(inst: np.ndarray, classes, unknown_index: int = -1,
 
 
 def targets(inst: np.ndarray, classes, unknown_index: int = -1,
-            type_order: Sequence[str] = PANNUKE_TYPE_ORDER) -> dict[str, np.ndarray]:
-    """All targets of one patch: ``binary`` (H, W) uint8, ``hv`` (2, H, W) float32, ``type`` (H, W) int64."""
+            type_order: Sequence[str] = PANNUKE_TYPE_ORDER, *,
+            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """All targets of one patch: ``binary`` (H, W) uint8, ``hv`` (2, H, W) float32, ``type`` (H, W) int64.
+
+    ``out``: preallocated ``binary`` (H, W, any integer dtype), ``hv`` (2, H, W) float32 and ``type``
+    (H, W) int64 to write the same values into (e.g. rows of a batch); returned as a dict.
+    """
     inst = _check_inst(inst)
-    return {"binary": binary_map(inst), "hv": hv_map(inst),
-            "type": type_map(inst, classes, unknown_index, type_order)}
+    if out is None:
+        return {"binary": binary_map(inst), "hv": hv_map(inst),
+                "type": type_map(inst, classes, unknown_index, type_order)}
+    np.greater(inst, 0, out=out["binary"])
+    hv_map(inst, out=out["hv"])
+    np.take(class_lut(inst, classes, type_order, unknown_index), inst, out=out["type"], mode="clip")
+    return dict(out)

@@ -74,3 +74,27 @@ def save_png(url: str, img: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG", optimize=True)
     storage.write_bytes(url, buf.getvalue())
+
+
+def figure_png(fig, dpi: int = 130) -> bytes:
+    """A matplotlib figure as PNG bytes (and the figure closed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def vstack(images: list[np.ndarray], pad: int = 8) -> np.ndarray:
+    """One above the other, left-aligned, on white."""
+    H = sum(i.shape[0] for i in images) + pad * (len(images) - 1)
+    W = max(i.shape[1] for i in images)
+    out = np.full((H, W, 3), 255, np.uint8)
+    y = 0
+    for i in images:
+        out[y: y + i.shape[0], : i.shape[1]] = i[..., :3]
+        y += i.shape[0] + pad
+    return out

@@ -78,3 +78,15 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def local_ray(s3_server):
+    """A local Ray (2 CPUs) started after the S3 settings are in the environment, which its workers
+    inherit (as on a laptop; on a cluster the nodes' own credentials apply)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

@@ -83,17 +83,6 @@ def _broken_copy(hest_root, dst):
     return dst
 
 
-@pytest.fixture(scope="module")
-def local_ray(s3_server):
-    """A local Ray started after the S3 settings are in the environment, which its workers inherit
-    (as on a laptop; on a cluster the nodes' own credentials apply)."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_build_records_a_failing_slide_and_resumes(hest_root, tmp_path, local_ray, capsys):
     from stx_platform.build.run import run_build

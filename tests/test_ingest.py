@@ -208,19 +208,169 @@ def test_transform_batch_on_a_real_shard(dataset, records):
     assert plain["patch_id"].tolist() == [str(p) for p in records["patch_id"]]
 
 
+# ---------------------------------------------------------------- fast paths vs step-by-step references
+
+def _ref_stain_jitter(rgb, scale, shift):
+    """The step-by-step stain jitter (float32 matrix products per pixel), as first implemented."""
+    rgb = np.asarray(rgb)
+    od = I._OD_LUT[rgb] if rgb.dtype == np.uint8 else -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    c = od.reshape(-1, 3) @ I._STAIN_INV
+    c[:, :2] *= np.asarray(scale[:2], np.float32)
+    c[:, :2] += np.asarray(shift[:2], np.float32)
+    od2 = (c @ I.STAIN_VECTORS).reshape(rgb.shape)
+    return np.clip(256.0 * np.exp(-od2) - 1.0, 0.0, 255.0)
+
+
+def _ref_colour_jitter(img, rng, cfg):
+    """Stain, brightness, contrast, saturation one after the other in float32, as first implemented."""
+    if not (cfg.stain_scale or cfg.stain_shift or cfg.brightness or cfg.contrast or cfg.saturation):
+        return img
+    x = img.astype(np.float32)
+    if cfg.stain_scale or cfg.stain_shift:
+        x = _ref_stain_jitter(img, rng.uniform(1 - cfg.stain_scale, 1 + cfg.stain_scale, 2),
+                              rng.uniform(-cfg.stain_shift, cfg.stain_shift, 2))
+    if cfg.brightness:
+        x *= np.float32(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness))
+    if cfg.contrast:
+        m = np.float32(x.mean())
+        x = (x - m) * np.float32(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)) + m
+    if cfg.saturation:
+        grey = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        x = (x - grey) * np.float32(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)) + grey
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _ref_augment(image, inst, rng, cfg):
+    """numpy rot90 / flips of both arrays, then the step-by-step colour jitter."""
+    k = int(rng.integers(4)) if cfg.rot90 else 0
+    img, ins = np.rot90(image, k, axes=(0, 1)), np.rot90(inst, k, axes=(0, 1))
+    if rng.random() < cfg.p_hflip:
+        img, ins = img[:, ::-1], ins[:, ::-1]
+    if rng.random() < cfg.p_vflip:
+        img, ins = img[::-1], ins[::-1]
+    return _ref_colour_jitter(np.ascontiguousarray(img), rng, cfg), np.ascontiguousarray(ins)
+
+
+_CONFIGS = [I.AugmentConfig(), I.AugmentConfig(stain_scale=0.0, stain_shift=0.0),
+            I.AugmentConfig(brightness=0.0, contrast=0.3, saturation=0.4), I.AugmentConfig(contrast=0.0),
+            I.AugmentConfig(stain_scale=0.3, stain_shift=0.2, brightness=0.5, contrast=0.5, saturation=0.5),
+            I.AugmentConfig().geometric_only()]
+
+
+@pytest.mark.parametrize("cfg", _CONFIGS)
+def test_fused_augmentation_equals_the_step_by_step_reference(records, cfg):
+    """Same draws from the same generator; instance maps equal, images within 1 grey level (float32
+    rounding of the fused colour transform puts a few pixels on the other side of .5)."""
+    rng = np.random.default_rng(5)
+    pairs = [(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8), rng.integers(0, 9, (64, 48)).astype(np.int32))]
+    pairs += [(decode_image(records["image"][i]), decode_instance_map(records["instance_map"][i])) for i in range(6)]
+    differ = total = 0
+    for seed in range(8):
+        for img, inst in pairs:
+            got = I.augment(img, inst, np.random.default_rng(seed), cfg)
+            want = _ref_augment(img, inst, np.random.default_rng(seed), cfg)
+            assert np.array_equal(got[1], want[1]) and got[0].dtype == np.uint8 and got[0].shape == want[0].shape
+            d = np.abs(got[0].astype(int) - want[0])
+            assert d.max() <= 1
+            differ, total = differ + int((d > 0).sum()), total + d.size
+    assert differ <= 1e-3 * total
+
+
+def test_stain_jitter_equals_the_reference():
+    rng = np.random.default_rng(0)
+    for x in (rng.integers(0, 256, (30, 20, 3), dtype=np.uint8), rng.uniform(0, 255, (30, 20, 3)).astype(np.float32)):
+        for scale, shift in (((1, 1), (0, 0)), ((1.3, 0.8), (0.05, -0.03)), ((0.5, 2.0), (-0.2, 0.2))):
+            got = I.stain_jitter(x, scale, shift)
+            assert got.shape == x.shape and got.min() >= 0 and got.max() <= 255
+            assert np.abs(got - _ref_stain_jitter(x, scale, shift)).max() < 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, bool])
+def test_dihedral_equals_numpy_rot90_and_flips(dtype):
+    rng = np.random.default_rng(1)
+    for shape in ((7, 5), (7, 5, 3), (6, 6, 1)):
+        a = rng.integers(0, 200, shape).astype(dtype)
+        for k in range(4):
+            for h in (False, True):
+                for v in (False, True):
+                    want = np.rot90(a, k, axes=(0, 1))
+                    want = want[:, ::-1] if h else want
+                    want = want[::-1] if v else want
+                    got = I._dihedral(a, k, h, v)
+                    assert got.flags.c_contiguous and got.dtype == a.dtype and np.array_equal(got, want)
+
+
+def test_normalise_into_a_batch_row_and_transform_batch_equals_stacked_samples(dataset, records):
+    img = np.random.default_rng(2).integers(0, 256, (16, 12, 3), dtype=np.uint8)
+    want = (img.transpose(2, 0, 1).astype(np.float32) * np.float32(2 / 255)) - np.float32(1)
+    batch = np.zeros((2, 3, 16, 12), np.float32)
+    assert np.array_equal(I.normalise(img), want)
+    assert np.shares_memory(I.normalise(img, batch[1]), batch)
+    assert np.array_equal(batch[1], want) and not batch[0].any()
+    with pytest.raises(ValueError):
+        I.normalise(img, np.zeros((3, 12, 16), np.float32))
+    labels = I.load_labels(dataset[0], EDITED)
+    sub = {k: v[:5] for k, v in records.items()}
+    b = I.transform_batch(sub, labels, seed=4, epoch=[0, 1, 2, 0, 1])
+    for i in range(5):
+        s = I.make_sample(_row(sub, i), labels, I.patch_rng(4, [0, 1, 2, 0, 1][i], sub["patch_id"][i]))
+        for k in ("image", "hv", "type", "binary"):
+            assert np.array_equal(b[k][i], s[k]), k
+        assert b["tissue"][i] == s["tissue"]
+
+
+def test_fast_png_decode_equals_cv2_and_falls_back_for_other_pngs(records):
+    import io
+
+    import cv2
+    from PIL import Image
+
+    from stx_platform.patches import schema as S
+
+    def cv2_rgb(data):
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    for data in records["image"][:8]:
+        fast = S._png_rgb8(memoryview(data))
+        assert fast is not None and np.array_equal(fast, cv2_rgb(data)) and np.array_equal(decode_image(data), fast)
+    img = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img[::3] = img[::3] // 4 * 4                                         # some rows compress: mixed filters
+
+    def pil(a, **kw):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG", **kw)
+        return buf.getvalue()
+
+    others = [pil(img), pil(img[..., 0]), pil(img // 64 * 64, optimize=True), pil(np.dstack([img, img[..., :1]])),
+              cv2.imencode(".png", img[..., ::-1].astype(np.uint16) * 257)[1].tobytes(),
+              S.encode_image(img, png_compression=9)]
+    for data in [S.encode_image(img)] + others:
+        assert np.array_equal(decode_image(data), cv2_rgb(data))
+    # hand-made PNGs whose rows are filtered None or Sub, mixed (the fast path's own row handling)
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w = img.shape[:2]
+    sub = np.diff(img.astype(np.int16), axis=1, prepend=0).astype(np.uint8)
+    for use_sub in (np.arange(h) % 2 == 0, np.ones(h, bool), np.zeros(h, bool)):
+        rows = [bytes([1]) + sub[r].tobytes() if use_sub[r] else bytes([0]) + img[r].tobytes() for r in range(h)]
+        idat = zlib.compress(b"".join(rows))
+        data = (S._PNG_SIG + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", idat[:50]) + chunk(b"IDAT", idat[50:]) + chunk(b"IEND", b""))
+        assert np.array_equal(S._png_rgb8(memoryview(data)), img) and np.array_equal(cv2_rgb(data), img)
+    enc = S.encode_image(img)
+    for bad in (enc[:-20], enc[:60]):
+        with pytest.raises(ValueError):
+            decode_image(bad)
+
+
 # ---------------------------------------------------------------- Ray Data
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_training_dataset_streams_torch_batches(dataset, records, ray_local):
+def test_training_dataset_streams_torch_batches(dataset, records, local_ray):
     import torch
 
     out, rec = dataset

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_ray_job_submit_against_a_local_head(hest_root, tmp_path):
+def test_ray_job_submit_against_a_local_head(hest_root, pannuke_dir, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     bindir = Path(sys.executable).parent
@@ -38,5 +38,15 @@ def test_ray_job_submit_against_a_local_head(hest_root, tmp_path):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "1 done, 0 failed" in r.stdout
         assert json.loads((out / "manifest.json").read_text())["done"] == 1
+
+        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                            "--working-dir", str(REPO), "--", sys.executable, "jobs/train.py", "--dataset", str(out),
+                            "--validation", pannuke_dir, "--storage", str(tmp_path / "runs"), "--name", "job",
+                            "--mlflow", f"sqlite:///{tmp_path}/mlflow.db", "--set", "epochs=1",
+                            "--set", "samples_per_epoch=8", "--set", "val_images=4"],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "epoch 1/1" in r.stdout and "preset tiny" in r.stdout
+        assert (tmp_path / "runs" / "job" / "checkpoint_epoch_0001" / "model.pt").exists()
     finally:
         subprocess.run([str(bindir / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)

@@ -16,7 +16,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_opens_with_install_run_and_install_test():
     run, test = _readme_commands()[:2]
-    assert "pip install" in run and "jobs/build_dataset.py" in run
+    assert "pip install" in run and "jobs/build_dataset.py" in run and "jobs/train.py" in run
     assert "pip install" in test and ".[test]" in test and test.rstrip().endswith("pytest -q")
 
 

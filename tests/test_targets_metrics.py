@@ -64,6 +64,29 @@ def test_vectorised_hv_equals_the_loop(seed):
     assert np.abs(hv_map(inst.astype(np.uint16)) - b).max() < 1e-6
 
 
+def test_hv_and_targets_into_given_arrays_and_large_sparse_ids():
+    rng = np.random.default_rng(9)
+    inst = _random_instances(rng, size=80, n=25)
+    want = hv_map_loop(inst)
+    big = np.where(inst > 0, inst + 5_000_000, 0)                   # ids far above the pixel count: compacted
+    np.testing.assert_array_equal(hv_map(big), want)
+    out = np.full((3, 2, 80, 80), 7, np.float32)
+    assert np.shares_memory(hv_map(inst, out=out[1]), out)
+    np.testing.assert_array_equal(out[1], want)
+    assert (out[[0, 2]] == 7).all()
+    with pytest.raises(ValueError):
+        hv_map(inst, out=np.zeros((2, 80, 81), np.float32))
+    with pytest.raises(ValueError):
+        hv_map(inst, out=np.zeros((2, 80, 160), np.float32)[:, :, ::2])
+    classes = {int(i): ("Unknown" if i % 2 else int(i) % 5 + 1) for i in np.unique(inst[inst > 0])}
+    ref = targets(inst, classes)
+    dst = {"binary": np.zeros((80, 80), np.int64), "hv": np.zeros((2, 80, 80), np.float32),
+           "type": np.zeros((80, 80), np.int64)}
+    got = targets(inst, classes, out=dst)
+    for k in ref:
+        assert got[k] is dst[k] and np.array_equal(got[k], ref[k]), k
+
+
 def test_hv_of_an_empty_map():
     assert not hv_map(np.zeros((4, 5), np.int32)).any()
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from stx_platform import storage
+from stx_platform.config_io import load_config
 
 
 class MarkerSources(BaseModel):
@@ -51,22 +51,9 @@ class LabelConfig(BaseModel):
 
     @classmethod
     def load(cls, url: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LabelConfig:
-        """From a YAML file (or the defaults), then ``key=value`` overrides (``markers.panglaodb=...``)."""
-        data = yaml.safe_load(storage.read_bytes(url)) if url else {}
-        data = dict(data or {})
-        if "labels" in data and isinstance(data["labels"], dict):  # accept a section of a larger config
-            data = dict(data["labels"])
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} is not key=value")
-            key, value = item.split("=", 1)
-            parsed = yaml.safe_load(value) if value else None
-            node = data
-            *parents, leaf = key.strip().split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = parsed
-        return cls.model_validate(data)
+        """From a YAML file (its ``labels`` section, or the whole file) or the defaults, then
+        ``key=value`` overrides (``markers.panglaodb=...``)."""
+        return load_config(cls, url, "labels", overrides)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)

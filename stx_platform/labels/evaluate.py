@@ -46,7 +46,10 @@ def table3(results: dict[str, dict], order: list[str] | None = None) -> str:
 
 
 def confusion_figure(results: dict[str, dict], order: list[str] | None = None):
-    """One row-normalised confusion matrix per method, side by side (matplotlib Figure)."""
+    """One row-normalised confusion matrix per method, side by side (matplotlib Figure).
+
+    ``results[m]``: ``confusion`` (DataFrame, rows ground truth, columns predicted), ``macro_f1``,
+    ``accuracy``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,15 +58,16 @@ def confusion_figure(results: dict[str, dict], order: list[str] | None = None):
     order = order or list(results)
     fig, axes = plt.subplots(1, len(order), figsize=(3.3 * len(order), 3.6), squeeze=False)
     for ax, m in zip(axes[0], order):
-        cm = results[m]["confusion"].to_numpy().astype(float)
+        df = results[m]["confusion"]
+        cm = df.to_numpy().astype(float)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for i in range(norm.shape[0]):
             for j in range(norm.shape[1]):
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.6 else "black")
-        ax.set_xticks(range(len(LABEL_CLASSES)), [c[:5] for c in LABEL_CLASSES], fontsize=7, rotation=45)
-        ax.set_yticks(range(len(SCORED_CLASSES)), [c[:5] for c in SCORED_CLASSES], fontsize=7)
+        ax.set_xticks(range(df.shape[1]), [str(c)[:5] for c in df.columns], fontsize=7, rotation=45)
+        ax.set_yticks(range(df.shape[0]), [str(c)[:5] for c in df.index], fontsize=7)
         ax.set_title(f"{m}\nF1 {results[m]['macro_f1']:.3f}  acc {results[m]['accuracy']:.3f}", fontsize=8)
         ax.set_xlabel("predicted", fontsize=7)
     axes[0][0].set_ylabel("ground truth", fontsize=7)

@@ -39,6 +39,10 @@ JPEG q95 ~29 kB and q90 ~22 kB, the same ~5x ratio.
   epoch pays; raw + zlib decodes faster but is larger and 3x slower to write.
   ``image_format="jpeg"`` (q95: PSNR >= 41 dB) is the switch when storage or bandwidth matters
   more than exactness.
+- :func:`decode_image` reads the PNGs :func:`encode_image` writes (8-bit RGB, rows Sub-filtered)
+  itself: libdeflate (imagecodecs) into the known size, then a running sum along each row, ~0.55 ms
+  per 256 px patch instead of cv2's ~1.2 ms (inflating is most of it); other PNGs and JPEGs go
+  through cv2. Instance maps are inflated the same way.
 - Instance maps default to **raw + zlib in the smallest dtype** (uint8 up to 255 ids, uint16 up
   to 65,535, else int32) after a 14-byte ``STXI`` header (version, dtype, height, width): the
   smallest (1.5 kB) and fastest to decode (86 us) of the lossless options. PNG maps (8/16-bit)
@@ -58,6 +62,12 @@ import numpy as np
 import pyarrow as pa
 
 from stx_platform.errors import SampleError
+
+try:
+    from imagecodecs import deflate_decode as _deflate_decode
+    from imagecodecs import delta_decode as _delta_decode
+except ImportError:                               # decoding falls back to zlib / cv2
+    _deflate_decode = _delta_decode = None
 
 #: Schema version written in the metadata; bump when a field changes meaning.
 SCHEMA_VERSION = "1"
@@ -136,16 +146,76 @@ def encode_image(rgb: np.ndarray, image_format: str = "png", quality: int = 95,
     return buf.tobytes()
 
 
+_PNG_CHUNK = struct.Struct(">I4s")
+_PNG_IHDR = struct.Struct(">IIBBBBB")
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+def _inflate(data, size: int) -> bytes:
+    """zlib stream -> exactly ``size`` bytes (libdeflate into a buffer of known size: ~1.7x zlib's speed)."""
+    if _deflate_decode is not None:
+        raw = _deflate_decode(data, out=size)
+    else:
+        raw = zlib.decompress(data, bufsize=size)
+    if len(raw) != size:
+        raise ValueError(f"inflated to {len(raw)} bytes, expected {size}")
+    return raw
+
+
+def _png_rgb8(data: memoryview) -> np.ndarray | None:
+    """Fast path for the PNGs :func:`encode_image` writes: 8-bit RGB, not interlaced, rows filtered
+    None or Sub (cv2's default). Inflates into the known size and undoes Sub (a running sum mod 256
+    along each row). None for any other PNG, or one it cannot read, which cv2 then decodes."""
+    if _delta_decode is None:
+        return None
+    ihdr, idat, pos = None, [], len(_PNG_SIG)
+    while pos + 12 <= len(data):
+        n, kind = _PNG_CHUNK.unpack_from(data, pos)
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR" and n == _PNG_IHDR.size:
+            ihdr = _PNG_IHDR.unpack(body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        elif not kind[0] & 0x20:                 # another critical chunk (PLTE): not ours
+            return None
+        pos += 12 + n
+    if ihdr is None or not idat or ihdr[2:] != (8, 2, 0, 0, 0):
+        return None
+    w, h = ihdr[0], ihdr[1]
+    try:
+        raw = _inflate(idat[0] if len(idat) == 1 else b"".join(idat), h * (3 * w + 1))
+    except (ValueError, RuntimeError, MemoryError, zlib.error):    # cv2 says what is wrong
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(h, 3 * w + 1)
+    sub = rows[:, 0] == 1
+    if ((rows[:, 0] != 0) & ~sub).any():       # Up, Average or Paeth rows
+        return None
+    px = rows[:, 1:].reshape(h, w, 3)
+    if sub.all():
+        return _delta_decode(px, axis=1)
+    out = px.copy()
+    if sub.any():
+        out[sub] = _delta_decode(np.ascontiguousarray(out[sub]), axis=1)
+    return out
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """PNG or JPEG bytes (recognised by their signature) -> RGB uint8 (H, W, 3)."""
     data = memoryview(data)
     head = bytes(data[:8])
     if not (head.startswith(_PNG_SIG) or head.startswith(_JPEG_SIG)):
         raise ValueError("patch image is neither PNG nor JPEG")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    if head.startswith(_PNG_SIG):
+        rgb = _png_rgb8(data)
+        if rgb is not None:
+            return rgb
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR if _IMREAD_RGB is None else _IMREAD_RGB)
+    if img is None:
         raise ValueError("patch image could not be decoded (truncated or corrupt)")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    return np.ascontiguousarray(img[..., ::-1]) if _IMREAD_RGB is None else img
 
 
 # ---------------------------------------------------------------- instance maps
@@ -214,11 +284,10 @@ def decode_instance_map(data: bytes) -> np.ndarray:
             raise ValueError(f"unsupported instance map encoding (version {version}, dtype {code!r})")
         dt = _RAW_DTYPES[code]
         try:
-            raw = zlib.decompress(data[_RAW_HEADER.size:])
-        except zlib.error as e:
-            raise ValueError(f"instance map could not be decompressed ({e})") from None
-        if len(raw) != h * w * dt.itemsize:
-            raise ValueError(f"instance map holds {len(raw)} bytes, expected {h} x {w} x {dt.itemsize}")
+            raw = _inflate(data[_RAW_HEADER.size:], h * w * dt.itemsize)
+        except (ValueError, RuntimeError, MemoryError, zlib.error) as e:
+            raise ValueError(f"instance map could not be decompressed to {h} x {w} x {dt.itemsize} bytes ({e})") \
+                from None
         return np.frombuffer(raw, dt).reshape(h, w).astype(np.int32)
     raise ValueError("instance map is neither PNG nor an STXI blob")
 

@@ -1,0 +1,157 @@
+"""The per-worker function of Ray Train's TorchTrainer: CellViT on the streamed ingest.
+
+Each worker reads its shard of the training dataset (``get_dataset_shard`` +
+``iter_torch_batches``: the batches arrive with targets computed, the worker computes none),
+steps AdamW with an exponentially decaying learning rate, keeps the encoder frozen for the first
+``freeze_encoder_epochs``, and uses fp16 autocast with a grad scaler on GPUs. After every epoch
+rank 0 validates on the PanNuke fold and every worker calls ``ray.train.report`` (a barrier);
+rank 0 attaches the checkpoint (model, optimiser, scheduler, scaler, metrics, validation pictures),
+which Ray persists to the run's storage. A restarted worker group (FailureConfig) or a resumed run
+continues from the latest checkpoint (``ray.train.get_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+
+import torch
+
+from stx_platform import storage
+from stx_platform.model import CellViTLoss, build_model, freeze_encoder, load_checkpoint
+from stx_platform.training.checkpoint import checkpoint_dir_name, load_train_state, save_checkpoint
+from stx_platform.training.config import TrainConfig
+from stx_platform.training.validate import evaluate, json_safe
+
+TARGET_KEYS = ("binary", "hv", "type", "tissue")
+
+
+def score_of(metrics: dict, metric: str) -> float:
+    """The checkpoint-ranking score: ``val_<metric>``, or -1 while it is undefined (NaN)."""
+    v = metrics.get(f"val_{metric}")
+    return float(v) if v is not None and math.isfinite(v) else -1.0
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _prepare(net: torch.nn.Module, frozen: bool) -> torch.nn.Module:
+    """Freeze/unfreeze the encoder, then (re)wrap for data parallelism. DDP only synchronises the
+    parameters that require grad when it is built, so a change of freezing needs a new wrapper."""
+    import ray.train.torch
+
+    freeze_encoder(net, frozen)
+    gc.collect()                                  # drop a previous DDP wrapper (and its hooks) first
+    return ray.train.torch.prepare_model(net)
+
+
+def train_loop(config: dict) -> None:
+    """``config``: ``{"train": TrainConfig fields, "run": {"dataset", "label_set_id", "validation", ...}}``."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["train"])
+    run = dict(config["run"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_amp = cfg.amp and device.type == "cuda"
+    torch.manual_seed(cfg.seed + 1000 * rank)
+
+    net = build_model(cfg.model, drop_path=cfg.drop_path, attn_drop=cfg.attn_drop)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            start = load_train_state(d, net, opt, sched, scaler)
+    elif cfg.pretrained:
+        with storage.local_copy(cfg.pretrained) as p:
+            report = load_checkpoint(net, p)
+        if rank == 0:
+            print(f"pretrained weights {cfg.pretrained}: {report.summary()}", flush=True)
+    net.to(device)
+    for state in opt.state.values():                  # optimiser state restored on CPU
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+
+    loss_fn = CellViTLoss(cfg.loss_weights)
+    shard = ray.train.get_dataset_shard("train")
+    fold = None
+    if rank == 0:
+        from stx_platform.sources.pannuke import PanNukeFold
+
+        fold = PanNukeFold(run["validation"])
+
+    model, frozen = None, None
+    for epoch in range(start, cfg.epochs):
+        if model is None or (epoch < cfg.freeze_encoder_epochs) != frozen:
+            frozen = epoch < cfg.freeze_encoder_epochs
+            model = None
+            model = _prepare(net, frozen)
+        metrics = _train_epoch(model, shard, opt, scaler, loss_fn, cfg, device, use_amp, world)
+        metrics.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], encoder_frozen=float(frozen),
+                       resumed_from=float(start), worker_pid=float(os.getpid()))
+        sched.step()
+        if rank == 0:
+            t0 = time.perf_counter()
+            ev = evaluate(_unwrap(model), fold, cfg.val_images, cfg.val_batch_size, use_amp, cfg.overlays)
+            metrics.update({f"val_{k}": v for k, v in ev.metrics.items()}, val_s=time.perf_counter() - t0)
+            metrics["score"] = score_of(metrics, cfg.metric)
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(d, model, epoch, optimizer=opt, scheduler=sched, scaler=scaler,
+                                metrics=json_safe(metrics), run=run)
+                ev.write(f"{d}/validation", title=f"epoch {epoch + 1}")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=checkpoint_dir_name(epoch))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def _train_epoch(model, shard, opt, scaler, loss_fn, cfg: TrainConfig, device, use_amp: bool, world: int) -> dict:
+    """One pass over this worker's shard; returns the mean loss and its terms (averaged over
+    workers), samples seen and throughput."""
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    n = steps = 0
+    t0 = time.perf_counter()
+    batches = shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=False,
+                                       local_shuffle_buffer_size=cfg.shuffle_buffer or None)
+    for batch in batches:
+        x = batch["image"]
+        targets = {k: batch[k] for k in TARGET_KEYS}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            outputs = model(x)
+        total, parts = loss_fn({k: v.float() for k, v in outputs.items()}, targets)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+        b = len(x)
+        n += b
+        steps += 1
+        sums["loss"] += float(total) * b
+        for k, v in parts.items():
+            sums[f"loss_{k}"] += float(v) * b
+    seconds = time.perf_counter() - t0
+    keys = sorted(sums)
+    vec = torch.tensor([sums[k] for k in keys] + [n, seconds], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        vec = vec.to(device)
+        dist.all_reduce(vec)
+        vec = vec.cpu()
+    total_n = float(vec[len(keys)])
+    out = {k: float(vec[i]) / max(total_n, 1.0) for i, k in enumerate(keys)}
+    out.update(samples=total_n, steps=float(steps), epoch_s=seconds,
+               samples_per_s=total_n / max(float(vec[len(keys) + 1]) / world, 1e-9))
+    return out

@@ -1,0 +1,229 @@
+"""Driver side of a training run: checks the inputs, starts (or resumes) the MLflow run, builds the
+streamed dataset and the TorchTrainer, and reports each epoch as it finishes.
+
+Layout of a run under the storage URL (local folder or s3://):
+
+    <storage>/<name>/stx_run.json                 what was trained on, with which config, MLflow run id
+    <storage>/<name>/checkpoint_epoch_NNNN/       Ray Train checkpoints (see checkpoint.py)
+
+``resume=True`` re-enters the same ``<storage>/<name>``: Ray Train V2 restores its checkpoint
+manager from there and the workers continue from the latest checkpoint; the MLflow run continues.
+The caller owns ``ray.init``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ray.train import UserCallback
+
+from stx_platform import storage
+from stx_platform.build.manifest import done_slides
+from stx_platform.tracking import client, experiment_id, log_metrics, log_params, redact, tracking_uri
+from stx_platform.training.config import TrainConfig
+from stx_platform.training.loop import train_loop
+
+RUN_INFO = "stx_run.json"
+EXPERIMENT = "stx-train"
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    name: str
+    epochs: int
+    metrics: dict
+    best_checkpoint: str | None
+    best_metrics: dict
+    mlflow_run_id: str
+    tracking_uri: str
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+class _Reporter(UserCallback):
+    """Ray Train callback (runs in the Train controller): logs rank 0's metrics of every report
+    and the checkpoint's validation pictures to MLflow, and passes a copy to the driver."""
+
+    def __init__(self, uri: str, run_id: str, events):
+        self.uri, self.run_id, self.events = uri, run_id, events
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = dict(metrics[0]) if metrics else {}
+        step = int(m.get("epoch", 0))
+        log_metrics(self.uri, self.run_id, m, step)
+        path = None
+        if checkpoint is not None:
+            path = checkpoint.path
+            with checkpoint.as_directory() as d:
+                val = os.path.join(d, "validation")
+                if os.path.isdir(val):
+                    client(self.uri).log_artifacts(self.run_id, val, f"validation/epoch_{step:04d}")
+        self.events.put({"metrics": m, "checkpoint": path})
+
+    def after_exception(self, run_context, worker_exceptions):
+        self.events.put({"error": {int(k): repr(v)[:500] for k, v in worker_exceptions.items()}})
+
+
+def _default_name(cfg: TrainConfig, label_set_id: str) -> str:
+    return f"{cfg.model}-{label_set_id[:8] or 'labels'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_inputs(dataset: str, validation: str) -> list[dict]:
+    """The dataset's done slides; clear errors for a missing dataset or validation fold."""
+    from stx_platform.sources.pannuke import PanNukeFold
+
+    if not storage.exists(storage.join(dataset, "manifest.json")):
+        raise FileNotFoundError(f"{dataset}: no manifest.json (build the dataset first: stx build --out {dataset})")
+    slides = done_slides(dataset)
+    if not slides:
+        raise ValueError(f"{dataset}/manifest.json: no slide was built successfully; nothing to train on")
+    PanNukeFold(validation)       # raises SampleError naming the missing/bad file
+    return slides
+
+
+def read_run_info(storage_url: str, name: str | None) -> dict:
+    """The ``stx_run.json`` of run ``name`` (what it trains on, its config, its MLflow run id)."""
+    if not name:
+        raise ValueError("resuming needs the run name (--name): the run's folder under the storage URL")
+    url = storage.join(storage_url, name, RUN_INFO)
+    if not storage.exists(url):
+        raise FileNotFoundError(f"{url}: no such run to resume")
+    return storage.read_json(url)
+
+
+def check_resources(cfg: TrainConfig, cluster: dict) -> None:
+    """Refuse a layout that cannot run: train workers plus the smallest ingest (its minimum of
+    reader actors) must fit the cluster's CPUs, or Ray Data starves and training hangs."""
+    need = cfg.num_workers * cfg.cpus_per_worker + cfg.ingest_cpus * cfg.ingest_actors[0]
+    have = float(cluster.get("CPU", 0))
+    if need > have + 1e-9:
+        raise ValueError(f"{cfg.num_workers} train worker(s) x {cfg.cpus_per_worker} CPU + ingest "
+                         f"({cfg.ingest_actors[0]} reader actor(s) x {cfg.ingest_cpus} CPU) need "
+                         f"{need:g} CPUs, the Ray cluster has {have:g}: lower train.cpus_per_worker / "
+                         "train.ingest_cpus or add CPUs")
+    gpus = float(cluster.get("GPU", 0))
+    if cfg.use_gpu and gpus < cfg.num_workers:
+        raise ValueError(f"{cfg.num_workers} GPU worker(s) asked for, the Ray cluster has {gpus:g} GPU(s)")
+
+
+def check_labels(dataset: str, slides: list[dict], label_set_id: str | None) -> None:
+    """Every slide has a label table in the chosen set (None: the one it was built with)."""
+    from stx_platform.build.manifest import label_path
+
+    missing = [rel for rel in (s["label_table"] if label_set_id is None else label_path(label_set_id, s["sample_id"])
+                               for s in slides) if not storage.exists(storage.join(dataset, rel))]
+    if missing:
+        raise FileNotFoundError(f"{dataset}: {len(missing)} of {len(slides)} slides have no label table for label "
+                                f"set {label_set_id or '(as built)'}, e.g. {storage.join(dataset, missing[0])}; "
+                                "label them first (stx build with that label config)")
+
+
+def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url: str, name: str | None = None,
+                 resume: bool = False, label_set_id: str | None = None, mlflow_uri: str | None = None,
+                 experiment: str = EXPERIMENT, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train CellViT on ``dataset`` (a built dataset URL) with ``label_set_id`` (None: the labels
+    the dataset was built with), validating on the PanNuke fold at ``validation`` every epoch."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    from stx_platform.training.ingest import training_dataset
+
+    t0 = time.time()
+    slides = check_inputs(dataset, validation)
+    manifest = storage.read_json(storage.join(dataset, "manifest.json"))
+    label_override = label_set_id if label_set_id and label_set_id != manifest.get("label_set_id") else None
+    check_labels(dataset, slides, label_override)
+    label_set_id = label_set_id or manifest.get("label_set_id", "")
+    uri = tracking_uri(mlflow_uri)
+    if resume:
+        run_id = read_run_info(storage_url, name)["mlflow_run_id"]
+    else:
+        name = name or _default_name(cfg, label_set_id)
+        run_dir = storage.join(storage_url, name)
+        if storage.exists(storage.join(run_dir, RUN_INFO)):
+            raise FileExistsError(f"{run_dir}: a run of that name exists; resume it (--resume --name {name}) "
+                                  "or choose another name")
+        c = client(uri)
+        run = c.create_run(experiment_id(uri, experiment), run_name=name,
+                           tags={"stx.kind": "train", "stx.dataset": dataset, "stx.label_set_id": label_set_id})
+        run_id = run.info.run_id
+        log_params(uri, run_id, {**{f"train.{k}": v for k, v in cfg.model_dump().items()},
+                                 "dataset": dataset, "validation": validation, "label_set_id": label_set_id,
+                                 "label_config_hash": label_set_id, "patch_config_hash": manifest.get("patch_config_hash"),
+                                 "markers_hash": manifest.get("markers_hash"), "slides": len(slides),
+                                 "patches": sum(int(s.get("patches", 0)) for s in slides)})
+        c.log_dict(run_id, manifest, "dataset/manifest.json")
+        info = {"name": name, "mlflow_run_id": run_id, "tracking_uri": redact(uri), "dataset": dataset,
+                "validation": validation, "label_set_id": label_set_id, "train": cfg.model_dump(mode="json"),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        storage.write_json(storage.join(run_dir, RUN_INFO), info)
+    run_dir = storage.join(storage_url, name)
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    check_resources(cfg, ray.cluster_resources())
+    ds = training_dataset(dataset, label_override,
+                          augment=cfg.augment, seed=cfg.seed, batch_size=max(cfg.batch_size, 4),
+                          num_cpus=cfg.ingest_cpus, concurrency=tuple(cfg.ingest_actors),
+                          samples_per_epoch=cfg.samples_per_epoch)
+    storage_path, storage_fs = storage.arrow_filesystem(storage_url)
+    events = Queue()
+    run_info = {"dataset": dataset, "validation": validation, "label_set_id": label_set_id, "name": name,
+                "mlflow_run_id": run_id}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"train": cfg.model_dump(mode="json"), "run": run_info},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                                         checkpoint_score_attribute="score",
+                                                         checkpoint_score_order="max"),
+            callbacks=[_Reporter(uri, run_id, events)]),
+        datasets={"train": ds})
+
+    history: list[dict] = []
+    done = threading.Event()
+
+    def pump():
+        while not done.is_set() or not events.empty():
+            try:
+                ev = events.get(timeout=0.5)
+            except (queue.Empty, Exception):
+                continue
+            if "metrics" in ev:
+                history.append(ev["metrics"])
+            if on_epoch:
+                on_epoch(ev)
+
+    th = threading.Thread(target=pump, daemon=True)
+    th.start()
+    c = client(uri)
+    try:
+        result = trainer.fit()
+    except Exception:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        done.set()
+        th.join(timeout=10)
+    best = None
+    best_metrics: dict = {}
+    if result.best_checkpoints:
+        ckpt, best_metrics = max(result.best_checkpoints,      # ties: the later epoch
+                                 key=lambda cm: (cm[1].get("score", -1.0), cm[1].get("epoch", 0)))
+        best = ckpt.path if storage_fs is None else storage.join(storage_url, ckpt.path[len(storage_path):].lstrip("/"))
+        with ckpt.as_directory() as d:
+            c.log_artifacts(run_id, d, "checkpoint_best")
+    c.set_terminated(run_id, "FINISHED")
+    return TrainResult(run_dir, name, int((result.metrics or {}).get("epoch", 0)), dict(result.metrics or {}), best,
+                       dict(best_metrics), run_id, redact(uri), time.time() - t0, history)

@@ -1,0 +1,143 @@
+"""Validation of a CellViT model on a PanNuke-format fold: PanNuke metrics, a confusion matrix of
+matched nuclei and an overlay picture (truth beside prediction, nuclei outlined by class).
+
+Pure torch/numpy: used by every training epoch (rank 0), by ``stx evaluate`` and by tuning.
+Scored classes are those the labels can produce (:data:`SCORED_CLASSES`; PanNuke's Dead has no
+label source, so it is left out of mPQ, macro F1 and accuracy unless ``classes`` says otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stx_platform import storage
+from stx_platform.inference import instances, predict_maps
+from stx_platform.metrics import centroids, instance_classes, match_centroids, pannuke_scores
+from stx_platform.postprocess import instance_contours
+from stx_platform.sources.pannuke import PanNukeFold
+from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, SCORED_CLASSES
+from stx_platform.viz import caption, figure_png, hstack, legend, outline_nuclei, save_png, vstack
+
+#: type indices scored by default
+SCORED: tuple[int, ...] = tuple(sorted(PANNUKE_TYPE_ORDER.index(c) for c in SCORED_CLASSES))
+
+
+@dataclass
+class Evaluation:
+    """``scores``: :func:`stx_platform.metrics.pannuke_scores`; ``metrics``: the flat figures
+    (:func:`flat_metrics`); ``confusion``: matched nuclei, true class (rows) x predicted class;
+    ``overlay``: RGB picture of the first images (truth | prediction)."""
+
+    scores: dict
+    metrics: dict[str, float]
+    confusion: pd.DataFrame
+    overlay: np.ndarray | None
+
+    def confusion_png(self, title: str = "validation") -> bytes:
+        from stx_platform.labels.evaluate import confusion_figure
+
+        return figure_png(confusion_figure({title: {"confusion": self.confusion,
+                                                    "macro_f1": self.metrics["macro_f1"],
+                                                    "accuracy": self.metrics["accuracy"]}}))
+
+    def write(self, folder: str, title: str = "validation") -> dict[str, str]:
+        """``metrics.json``, ``confusion.png`` and ``overlays.png`` into ``folder`` (URL); returns their URLs."""
+        out = {"metrics": storage.join(folder, "metrics.json"), "confusion": storage.join(folder, "confusion.png")}
+        storage.write_json(out["metrics"], json_safe(self.metrics))
+        storage.write_bytes(out["confusion"], self.confusion_png(title))
+        if self.overlay is not None:
+            out["overlays"] = storage.join(folder, "overlays.png")
+            save_png(out["overlays"], self.overlay)
+        return out
+
+
+def json_safe(d: dict) -> dict:
+    """NaN/inf -> None, numpy scalars -> Python (strict JSON)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in ((k, float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in d.items())}
+
+
+def flat_metrics(scores: dict) -> dict[str, float]:
+    """The headline figures of :func:`pannuke_scores` as one flat dict: mPQ, bPQ, dice, jaccard,
+    f1, precision, recall, macro_f1, accuracy, then ``PQ_<class>`` and ``f1_<class>``."""
+    det = scores["detection"]
+    out = {"mPQ": scores["mPQ"], "bPQ": scores["bPQ"], "dice": scores["dice"], "jaccard": scores["jaccard"],
+           "f1": det["f1"], "precision": det["precision"], "recall": det["recall"],
+           "macro_f1": det["classification"]["macro_f1"], "accuracy": det["classification"]["accuracy"]}
+    for c, v in scores["PQ_per_class"].items():
+        out[f"PQ_{PANNUKE_TYPE_ORDER[c]}"] = v
+    for c, v in det["f1_per_class"].items():
+        out[f"f1_{PANNUKE_TYPE_ORDER[c]}"] = v
+    return {k: float(v) for k, v in out.items()}
+
+
+def confusion(true_insts, true_classes, pred_insts, pred_classes, radius: float = 12,
+              rows: Sequence[int] = SCORED) -> pd.DataFrame:
+    """Counts of centroid-matched nuclei (the detection matching) by true class (``rows``) and
+    predicted class (every nucleus class)."""
+    cols = list(range(1, len(PANNUKE_TYPE_ORDER)))
+    cm = np.zeros((len(rows), len(cols)), np.int64)
+    for t, tc, p, pc in zip(true_insts, true_classes, pred_insts, pred_classes):
+        _, txy = centroids(t)
+        _, pxy = centroids(p)
+        ti, pi = match_centroids(txy, pxy, radius)
+        tcl, pcl = instance_classes(t, tc)[1][ti], instance_classes(p, pc)[1][pi]
+        for a, b in zip(tcl, pcl):
+            if a in rows and b in cols:
+                cm[rows.index(a), cols.index(b)] += 1
+    return pd.DataFrame(cm, index=[PANNUKE_TYPE_ORDER[r] for r in rows], columns=[PANNUKE_TYPE_ORDER[c] for c in cols])
+
+
+def overlay_panel(image: np.ndarray, true_inst, true_classes: dict, pred_inst, pred_classes: dict,
+                  scale: int = 2) -> np.ndarray:
+    """One row: the image with true nuclei outlined (left) and predicted ones (right), by class."""
+    import cv2
+
+    big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    panels = []
+    for inst, cls, name in ((true_inst, true_classes, "truth"), (pred_inst, pred_classes, "prediction")):
+        polys = instance_contours(inst)
+        names = [PANNUKE_TYPE_ORDER[int(cls.get(i, 0))] for i in polys]
+        panels.append(caption(outline_nuclei(big, [p + 0.5 for p in polys.values()], names, (0.0, 0.0), scale),
+                              f"{name}: {len(polys)} nuclei", 16))
+    return hstack(panels)
+
+
+def evaluate(model: torch.nn.Module, fold: str | PanNukeFold, limit: int | None = None, batch_size: int = 8,
+             amp: bool = True, overlays: int = 6, classes: Sequence[int] = SCORED, radius: float = 12,
+             progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Predict, post-process and score the first ``limit`` images (all when None) of a PanNuke fold."""
+    fold = fold if isinstance(fold, PanNukeFold) else PanNukeFold(fold)
+    n = len(fold) if limit is None else min(limit, len(fold))
+    if n == 0:
+        raise ValueError(f"{fold.url}: the validation fold has no images")
+    true_insts, true_cls, pred_insts, pred_cls, tissues, rows = [], [], [], [], [], []
+    for s in range(0, n, batch_size):
+        items = [fold[i] for i in range(s, min(n, s + batch_size))]
+        maps = predict_maps(model, np.stack([it.image for it in items]), batch_size, amp)
+        for j, it in enumerate(items):
+            inst, table = instances(maps, j)
+            tc = {k: PANNUKE_TYPE_ORDER.index(v) for k, v in it.classes.items()}
+            pc = dict(zip(table["id"].tolist(), table["class"].tolist()))
+            true_insts.append(it.instances)
+            true_cls.append(tc)
+            pred_insts.append(inst)
+            pred_cls.append(pc)
+            tissues.append(it.tissue)
+            if len(rows) < overlays:
+                rows.append(overlay_panel(it.image, it.instances, tc, inst, pc))
+        if progress:
+            progress(min(n, s + batch_size), n)
+    scores = pannuke_scores(true_insts, true_cls, pred_insts, pred_cls, tissues, radius=radius, classes=classes)
+    cm = confusion(true_insts, true_cls, pred_insts, pred_cls, radius, classes)
+    picture = None
+    if rows:
+        shown = [c for c in PANNUKE_TYPE_ORDER[1:] if c in set(cm.index) | {"Dead"}]
+        picture = hstack([vstack(rows), legend(shown)])
+    return Evaluation(scores, flat_metrics(scores), cm, picture)

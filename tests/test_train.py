@@ -1,0 +1,270 @@
+"""Training: config presets, the checkpoint format, validation scoring, the type loss ignoring
+Unknown nuclei as ingest delivers them, and Ray Train runs (end to end with MLflow, resume of a
+stopped run, a killed worker restarting from its checkpoint, dataset and checkpoints on S3)."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stx_platform import storage
+from stx_platform.build import slide as B
+from stx_platform.build.manifest import write_manifest
+from stx_platform.cli import main
+from stx_platform.labels.config import LabelConfig
+from stx_platform.labels.markers import default_markers
+from stx_platform.labels.table import (
+    label_table_url,
+    read_label_table,
+    to_arrow,
+    write_label_table,
+)
+from stx_platform.model import CellViTLoss, build_model
+from stx_platform.patches.config import PatchConfig
+from stx_platform.sources import list_samples
+from stx_platform.targets import targets
+from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
+from stx_platform.training import checkpoint as C
+from stx_platform.training import ingest as I
+from stx_platform.training import validate as V
+from stx_platform.training.config import TrainConfig
+
+# a few seconds per epoch on 2 cores
+QUICK = {"samples_per_epoch": 12, "val_images": 4, "val_batch_size": 4, "overlays": 2, "batch_size": 4,
+         "shuffle_buffer": 8}
+
+
+@pytest.fixture(scope="module")
+def dataset(hest_root, tmp_path_factory):
+    """Two built slides with a manifest as `stx build` writes it, plus a label set ``mostly_unknown``."""
+    out = str(tmp_path_factory.mktemp("train_ds"))
+    recs = [B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
+            for ref in list_samples(hest_root)[:2]]
+    assert all(r.status == "done" for r in recs), [r.error for r in recs]
+    write_manifest(out, recs, {"source": hest_root, "label_set_id": recs[0].label_set_id,
+                               "patch_config_hash": recs[0].patch_config, "markers_hash": "m"})
+    for r in recs:
+        cells, meta = read_label_table(f"{out}/{r.label_table}")
+        cells = cells.copy()
+        cells.loc[cells["label"] != "Inflammatory", "label"] = UNKNOWN
+        write_label_table(label_table_url(f"{out}/labels", "mostly_unknown", r.sample_id),
+                          to_arrow(cells.reset_index(), {**meta, "label_set_id": "mostly_unknown"}))
+    return out
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig.load(preset="tiny", overrides=[f"{k}={v}" for k, v in {**QUICK, **kw}.items()])
+
+
+# ---------------------------------------------------------------- config, checkpoint, validation
+
+def test_presets_yaml_and_overrides(tmp_path):
+    paper = TrainConfig.load()
+    assert (paper.model, paper.epochs, paper.batch_size, paper.lr, paper.betas, paper.freeze_encoder_epochs) == \
+        ("vit256", 130, 16, 3e-4, (0.85, 0.95), 25)
+    f = tmp_path / "c.yaml"
+    f.write_text("labels: {resolution: 2}\ntrain: {preset: tiny, epochs: 5}\n")
+    cfg = TrainConfig.load(str(f), ["lr=0.01"])
+    assert (cfg.preset, cfg.model, cfg.epochs, cfg.lr, cfg.samples_per_epoch) == ("tiny", "tiny", 5, 0.01, 192)
+    assert LabelConfig.load(str(f)).resolution == 2
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig.load(overrides=["model=vit9000"])
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        TrainConfig.load(overrides=["loss_weights={bogus: 1}"])
+
+
+def test_checkpoint_round_trip_and_lookup(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("tiny")
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.zeros(1, 3, 64, 64))["hv_map"].sum().backward()
+    opt.step()
+    for e in (0, 1):
+        C.save_checkpoint(tmp_path / "run" / C.checkpoint_dir_name(e), net, e, optimizer=opt,
+                          metrics={"epoch": e + 1}, run={"dataset": "d"})
+    assert C.find_checkpoint(str(tmp_path)).endswith("checkpoint_epoch_0002/model.pt")
+    tm = C.load_trained_model(str(tmp_path / "run"))
+    assert tm.epoch == 1 and tm.classes == list(PANNUKE_TYPE_ORDER) and tm.metrics == {"epoch": 2}
+    assert all(torch.equal(a, b) for a, b in zip(tm.model.state_dict().values(), net.state_dict().values()))
+    fresh = build_model("tiny")
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    assert C.load_train_state(tmp_path / "run" / "checkpoint_epoch_0001", fresh, opt2) == 1
+    assert opt2.state_dict()["state"][0]["step"] == 1
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        C.find_checkpoint(str(tmp_path / "run" / "nothing"))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    d = tmp_path / "checkpoint_epoch_0001"
+    d.mkdir()
+    torch.save({"model": Evil(), "model_config": {}}, d / "model.pt")
+    with pytest.raises(ValueError, match="weights_only"):
+        C.load_trained_model(str(d))
+
+
+def test_validation_scores_a_perfect_model_near_one(pannuke_dir, monkeypatch):
+    """With maps made from the truth, evaluate() must find the nuclei and classes again: the
+    PanNuke metrics near 1 and the confusion matrix diagonal."""
+    from stx_platform.inference import Maps
+    from stx_platform.sources.pannuke import PanNukeFold
+
+    fold = PanNukeFold(pannuke_dir)
+    truth = {it.image.tobytes(): it for it in (fold[i] for i in range(len(fold)))}
+
+    def perfect(model, images, batch_size=8, amp=True):
+        t = [targets(truth[im.tobytes()].instances, truth[im.tobytes()].classes) for im in images]
+        onehot = [np.eye(len(PANNUKE_TYPE_ORDER), dtype=np.float32)[np.maximum(d["type"], 0)].transpose(2, 0, 1)
+                  for d in t]
+        return Maps(np.stack([d["binary"].astype(np.float32) for d in t]), np.stack([d["hv"] for d in t]),
+                    np.stack(onehot), np.zeros((len(t), 19), np.float32))
+
+    monkeypatch.setattr(V, "predict_maps", perfect)
+    ev = V.evaluate(build_model("tiny"), fold, overlays=2)
+    m = ev.metrics
+    assert m["bPQ"] > 0.85 and m["mPQ"] > 0.8 and m["f1"] > 0.9 and m["accuracy"] > 0.97, m
+    cm = ev.confusion.to_numpy()
+    assert cm.sum() > 50 and np.trace(cm[:, [0, 1, 2, 4]]) / cm.sum() > 0.97
+    assert ev.overlay is not None and ev.overlay.shape[0] > 2 * 256
+    for name, _ in ev.metrics.items():
+        assert name in json.dumps(V.json_safe(ev.metrics))
+
+
+def test_type_loss_ignores_unknown_nuclei_as_ingest_delivers_them(dataset):
+    """Unknown nuclei reach the loss as -1 in the type target: the type terms get no gradient from
+    their pixels, while binary and HV still train on them."""
+    slide = storage.read_json(f"{dataset}/manifest.json")["slides"][0]
+    t = pq.read_table(f"{dataset}/{slide['shard']}", columns=list(I.READ_COLUMNS))
+    batch = {c: t.column(c).to_numpy(zero_copy_only=False)[:4] for c in t.column_names}
+    b = I.transform_batch(batch, I.load_labels(dataset, "mostly_unknown"), augment=False)
+    tgt = {k: torch.from_numpy(np.asarray(v)) for k, v in b.items()}
+    unknown, known = tgt["type"] == -1, tgt["type"] > 0
+    assert unknown.sum() > 0 and known.sum() > 0
+    torch.manual_seed(0)
+    out = build_model("tiny")(tgt["image"])
+    logits = {k: v.detach().clone().requires_grad_(True) for k, v in out.items()}
+    _, parts = CellViTLoss()(logits, tgt)
+    type_loss = parts["type_ce"] + parts["type_dice"] + parts["type_focal_tversky"]
+    g = torch.autograd.grad(type_loss, logits["nuclei_type_map"])[0].abs().sum(1)
+    assert float(g[unknown].max()) == 0.0 and float(g[known].max()) > 0
+    gb = torch.autograd.grad(parts["binary_dice"] + parts["hv_mse"], [logits["nuclei_binary_map"], logits["hv_map"]])
+    assert float(gb[0].abs().sum(1)[unknown].max()) > 0 and float(gb[1].abs().sum(1)[unknown].max()) > 0
+
+
+# ---------------------------------------------------------------- Ray Train
+
+def _mlflow(uri, run_id):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+
+    def files(path=None):
+        out = []
+        for a in c.list_artifacts(run_id, path):
+            out += files(a.path) if a.is_dir else [a.path]
+        return out
+
+    return c, files()
+
+
+@pytest.mark.slow
+def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tmp_path, local_ray, capsys):
+    from stx_platform.training.run import run_training
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = str(tmp_path / "runs")
+    first = run_training(dataset, pannuke_dir, _cfg(epochs=1), storage_url=runs, name="r", mlflow_uri=uri)
+    assert first.epochs == 1 and first.best_checkpoint.endswith("checkpoint_epoch_0001")
+    for f in ("model.pt", "train_state.pt", "metrics.json", "run.json", "validation/overlays.png",
+              "validation/confusion.png"):
+        assert os.path.exists(f"{first.best_checkpoint}/{f}"), f
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(dataset, pannuke_dir, _cfg(epochs=1), storage_url=runs, name="r", mlflow_uri=uri)
+
+    # the stopped run continues from its checkpoint: epoch 2 only, same MLflow run
+    assert main(["train", "--resume", "--name", "r", "--storage", runs, "--mlflow", uri, "--set", "epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and "epoch 1/2" not in printed
+    c, files = _mlflow(uri, first.mlflow_run_id)
+    run = c.get_run(first.mlflow_run_id)
+    assert run.data.params["train.model"] == "tiny" and run.data.params["label_set_id"]
+    assert [m.step for m in c.get_metric_history(first.mlflow_run_id, "val_mPQ")] == [1, 2]
+    assert [m.value for m in c.get_metric_history(first.mlflow_run_id, "resumed_from")] == [0.0, 1.0]
+    for f in ("validation/epoch_0001/overlays.png", "validation/epoch_0002/confusion.png",
+              "checkpoint_best/model.pt", "dataset/manifest.json"):
+        assert f in files, files
+    # a checkpoint scored on its own reproduces the validation of its epoch
+    last = json.loads(open(f"{runs}/r/checkpoint_epoch_0002/metrics.json").read())
+    assert main(["evaluate", "--checkpoint", f"{runs}/r", "--pannuke", pannuke_dir, "--limit", "4",
+                 "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads(open(tmp_path / "ev" / "metrics.json").read())
+    assert ev["bPQ"] == pytest.approx(last["val_bPQ"], abs=1e-6) and ev["f1"] == pytest.approx(last["val_f1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_from_the_last_checkpoint(dataset, pannuke_dir, tmp_path, local_ray):
+    from stx_platform.training.run import run_training
+
+    runs = str(tmp_path / "runs")
+    out, events = {}, []
+
+    def go():
+        try:
+            out["result"] = run_training(dataset, pannuke_dir, _cfg(epochs=3, max_failures=1), storage_url=runs,
+                                         name="k", mlflow_uri=f"sqlite:///{tmp_path}/m.db", on_epoch=events.append)
+        except Exception as e:  # surfaced by the asserts below
+            out["error"] = e
+
+    th = threading.Thread(target=go)
+    th.start()
+    # kill once epoch 1's checkpoint is committed (reported back through the controller)
+    deadline = time.time() + 300
+    while not any("metrics" in e for e in events) and th.is_alive() and time.time() < deadline:
+        time.sleep(0.2)
+    assert events, out
+    pid = int(events[0]["metrics"]["worker_pid"])
+    os.kill(pid, signal.SIGKILL)
+    th.join(timeout=600)
+    assert "error" not in out, out.get("error")
+    res = out["result"]
+    assert res.epochs == 3 and os.path.exists(f"{runs}/k/checkpoint_epoch_0003/model.pt")
+    assert any("error" in e for e in events), events
+    after = [e["metrics"] for e in events if "metrics" in e and e["metrics"]["worker_pid"] != pid]
+    seen = [(m["epoch"], m["worker_pid"], m["resumed_from"]) for m in (e["metrics"] for e in events if "metrics" in e)]
+    assert after and all(m["resumed_from"] >= 1 for m in after), (pid, seen)
+    assert sorted({int(m["epoch"]) for m in res.history}) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_workers_stream_from_s3_and_checkpoint_to_s3(dataset, pannuke_dir, s3_server, tmp_path, local_ray):
+    """Data-parallel (2 workers, DDP over gloo) with the encoder frozen in epoch 1 and trained in
+    epoch 2; the dataset, the other label set and the checkpoints all on S3."""
+    from stx_platform.training.run import run_training
+
+    fs, root = storage.filesystem(s3_server)
+    fs.put(dataset, f"{root}/train-ds", recursive=True)
+    cfg = _cfg(epochs=2, num_workers=2, freeze_encoder_epochs=1, ingest_cpus=0.25)
+    res = run_training(f"{s3_server}/train-ds", pannuke_dir, cfg, storage_url=f"{s3_server}/runs",
+                       name="s3", label_set_id="mostly_unknown", mlflow_uri=f"sqlite:///{tmp_path}/m.db")
+    assert res.best_checkpoint.startswith(f"{s3_server}/runs/s3/checkpoint_epoch_000")
+    assert [h["encoder_frozen"] for h in res.history] == [1.0, 0.0]
+    assert all(h["samples"] > 0 for h in res.history)
+    tm = C.load_trained_model(f"{s3_server}/runs/s3")
+    assert tm.epoch == 1 and tm.run["label_set_id"] == "mostly_unknown"
+
+
+def test_a_layout_that_would_starve_ingest_is_refused():
+    from stx_platform.training.run import check_resources
+
+    with pytest.raises(ValueError, match="need 2.5 CPUs, the Ray cluster has 2"):
+        check_resources(_cfg(num_workers=2, cpus_per_worker=1.0), {"CPU": 2.0})
+    check_resources(_cfg(num_workers=2), {"CPU": 2.0})
