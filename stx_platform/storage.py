@@ -46,6 +46,14 @@ def arrow_filesystem(urls: str | list[str]):
     return (paths[0] if single else paths), fs
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (Ray workers run in other working directories); URLs unchanged."""
+    url = str(url)
+    if "://" in url and not url.startswith("file://"):
+        return url
+    return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+
+
 def is_local(url: str) -> bool:
     return isinstance(filesystem(url)[0], LocalFileSystem)
 

@@ -177,13 +177,15 @@ def _mlflow(uri, run_id):
 
 
 @pytest.mark.slow
-def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tmp_path, local_ray, capsys):
+def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tmp_path, local_ray, capsys,
+                                                        monkeypatch):
     from stx_platform.training.run import run_training
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    runs = str(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)           # relative paths, as in the README (Ray Train workers run elsewhere)
+    uri = "sqlite:///mlflow.db"
+    runs = "runs"
     first = run_training(dataset, pannuke_dir, _cfg(epochs=1), storage_url=runs, name="r", mlflow_uri=uri)
-    assert first.epochs == 1 and first.best_checkpoint.endswith("checkpoint_epoch_0001")
+    assert first.epochs == 1 and first.best_checkpoint == str(tmp_path / "runs" / "r" / "checkpoint_epoch_0001")
     for f in ("model.pt", "train_state.pt", "metrics.json", "run.json", "validation/overlays.png",
               "validation/confusion.png"):
         assert os.path.exists(f"{first.best_checkpoint}/{f}"), f

@@ -137,6 +137,9 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     from stx_platform.training.ingest import training_dataset
 
     t0 = time.time()
+    dataset, validation, storage_url = (storage.absolute(u) for u in (dataset, validation, storage_url))
+    if cfg.pretrained:
+        cfg = cfg.model_copy(update={"pretrained": storage.absolute(cfg.pretrained)})
     slides = check_inputs(dataset, validation)
     manifest = storage.read_json(storage.join(dataset, "manifest.json"))
     label_override = label_set_id if label_set_id and label_set_id != manifest.get("label_set_id") else None
