@@ -19,6 +19,7 @@ from stx_platform.sources import list_samples
 from stx_platform.synth.organs import RECIPES
 from stx_platform.targets import hv_map, targets
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
+from stx_platform.training import augmentation as A
 from stx_platform.training import ingest as I
 
 EDITED = "edited"
@@ -115,10 +116,10 @@ def test_tissue_index_follows_pannuke_names():
 
 def test_geometric_augmentation_moves_image_and_instance_map_together():
     img, inst = _pattern()
-    cfg = I.AugmentConfig().geometric_only()
+    cfg = A.AugmentConfig().geometric_only()
     seen = set()
     for seed in range(40):
-        a_img, a_inst = I.augment(img, inst, np.random.default_rng(seed), cfg)
+        a_img, a_inst = A.augment(img, inst, np.random.default_rng(seed), cfg)
         fg = a_inst > 0
         assert np.array_equal(a_img[..., 0][fg], 40 + a_inst[fg])             # every pixel keeps its id
         assert (a_img[~fg] == img[0, 0]).all()
@@ -133,7 +134,7 @@ def test_colour_jitter_keeps_nuclei_dark_and_only_touches_the_image():
     img, inst = _pattern()
     changed = 0
     for seed in range(10):
-        a_img, a_inst = I.augment(img, inst, np.random.default_rng(seed))
+        a_img, a_inst = A.augment(img, inst, np.random.default_rng(seed))
         assert a_img.dtype == np.uint8 and a_img.shape == img.shape
         assert np.array_equal(a_img.mean(axis=2) < 140, a_inst > 0)              # dark nuclei on foreground
         geo = [tm for tm in _dihedral(inst) if np.array_equal(tm, a_inst)]
@@ -145,8 +146,8 @@ def test_colour_jitter_keeps_nuclei_dark_and_only_touches_the_image():
 def test_stain_jitter_is_identity_at_unit_scale_and_moves_haematoxylin():
     img, _ = _pattern()
     x = img.astype(np.float32)
-    assert np.allclose(I.stain_jitter(x, (1, 1), (0, 0)), x, atol=0.05)
-    darker = I.stain_jitter(x, (1.3, 1.0), (0, 0))
+    assert np.allclose(A.stain_jitter(x, (1, 1), (0, 0)), x, atol=0.05)
+    darker = A.stain_jitter(x, (1.3, 1.0), (0, 0))
     nuc = img[..., 2] == 110
     assert (darker[nuc].sum(axis=1) < x[nuc].sum(axis=1)).all()                  # more H -> darker nuclei
 
@@ -158,12 +159,12 @@ def test_targets_are_computed_after_augmentation(dataset, records):
     row = _row(records, i)
     for seed in range(4):
         s = I.make_sample(row, labels, np.random.default_rng(seed), augment=True)
-        a_img, a_inst = I.augment(decode_image(row["image"]), decode_instance_map(row["instance_map"]),
+        a_img, a_inst = A.augment(decode_image(row["image"]), decode_instance_map(row["instance_map"]),
                                   np.random.default_rng(seed))
         want = targets(a_inst, I.instance_classes(row["cell_ids"], labels[rec.sample_id]))
         assert np.array_equal(s["hv"], want["hv"]) and np.array_equal(s["hv"], hv_map(a_inst))
         assert np.array_equal(s["type"], want["type"]) and np.array_equal(s["binary"], want["binary"])
-        assert np.array_equal(s["image"], I.normalise(a_img))
+        assert np.array_equal(s["image"], A.normalise(a_img))
 
 
 def test_make_sample_shapes_dtypes_and_normalisation(dataset, records):
@@ -213,11 +214,11 @@ def test_transform_batch_on_a_real_shard(dataset, records):
 def _ref_stain_jitter(rgb, scale, shift):
     """The step-by-step stain jitter (float32 matrix products per pixel), as first implemented."""
     rgb = np.asarray(rgb)
-    od = I._OD_LUT[rgb] if rgb.dtype == np.uint8 else -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    c = od.reshape(-1, 3) @ I._STAIN_INV
+    od = A._OD_LUT[rgb] if rgb.dtype == np.uint8 else -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    c = od.reshape(-1, 3) @ A._STAIN_INV
     c[:, :2] *= np.asarray(scale[:2], np.float32)
     c[:, :2] += np.asarray(shift[:2], np.float32)
-    od2 = (c @ I.STAIN_VECTORS).reshape(rgb.shape)
+    od2 = (c @ A.STAIN_VECTORS).reshape(rgb.shape)
     return np.clip(256.0 * np.exp(-od2) - 1.0, 0.0, 255.0)
 
 
@@ -251,10 +252,10 @@ def _ref_augment(image, inst, rng, cfg):
     return _ref_colour_jitter(np.ascontiguousarray(img), rng, cfg), np.ascontiguousarray(ins)
 
 
-_CONFIGS = [I.AugmentConfig(), I.AugmentConfig(stain_scale=0.0, stain_shift=0.0),
-            I.AugmentConfig(brightness=0.0, contrast=0.3, saturation=0.4), I.AugmentConfig(contrast=0.0),
-            I.AugmentConfig(stain_scale=0.3, stain_shift=0.2, brightness=0.5, contrast=0.5, saturation=0.5),
-            I.AugmentConfig().geometric_only()]
+_CONFIGS = [A.AugmentConfig(), A.AugmentConfig(stain_scale=0.0, stain_shift=0.0),
+            A.AugmentConfig(brightness=0.0, contrast=0.3, saturation=0.4), A.AugmentConfig(contrast=0.0),
+            A.AugmentConfig(stain_scale=0.3, stain_shift=0.2, brightness=0.5, contrast=0.5, saturation=0.5),
+            A.AugmentConfig().geometric_only()]
 
 
 @pytest.mark.parametrize("cfg", _CONFIGS)
@@ -267,7 +268,7 @@ def test_fused_augmentation_equals_the_step_by_step_reference(records, cfg):
     differ = total = 0
     for seed in range(8):
         for img, inst in pairs:
-            got = I.augment(img, inst, np.random.default_rng(seed), cfg)
+            got = A.augment(img, inst, np.random.default_rng(seed), cfg)
             want = _ref_augment(img, inst, np.random.default_rng(seed), cfg)
             assert np.array_equal(got[1], want[1]) and got[0].dtype == np.uint8 and got[0].shape == want[0].shape
             d = np.abs(got[0].astype(int) - want[0])
@@ -280,7 +281,7 @@ def test_stain_jitter_equals_the_reference():
     rng = np.random.default_rng(0)
     for x in (rng.integers(0, 256, (30, 20, 3), dtype=np.uint8), rng.uniform(0, 255, (30, 20, 3)).astype(np.float32)):
         for scale, shift in (((1, 1), (0, 0)), ((1.3, 0.8), (0.05, -0.03)), ((0.5, 2.0), (-0.2, 0.2))):
-            got = I.stain_jitter(x, scale, shift)
+            got = A.stain_jitter(x, scale, shift)
             assert got.shape == x.shape and got.min() >= 0 and got.max() <= 255
             assert np.abs(got - _ref_stain_jitter(x, scale, shift)).max() < 0.01
 
@@ -296,7 +297,7 @@ def test_dihedral_equals_numpy_rot90_and_flips(dtype):
                     want = np.rot90(a, k, axes=(0, 1))
                     want = want[:, ::-1] if h else want
                     want = want[::-1] if v else want
-                    got = I._dihedral(a, k, h, v)
+                    got = A._dihedral(a, k, h, v)
                     assert got.flags.c_contiguous and got.dtype == a.dtype and np.array_equal(got, want)
 
 
@@ -304,11 +305,11 @@ def test_normalise_into_a_batch_row_and_transform_batch_equals_stacked_samples(d
     img = np.random.default_rng(2).integers(0, 256, (16, 12, 3), dtype=np.uint8)
     want = (img.transpose(2, 0, 1).astype(np.float32) * np.float32(2 / 255)) - np.float32(1)
     batch = np.zeros((2, 3, 16, 12), np.float32)
-    assert np.array_equal(I.normalise(img), want)
-    assert np.shares_memory(I.normalise(img, batch[1]), batch)
+    assert np.array_equal(A.normalise(img), want)
+    assert np.shares_memory(A.normalise(img, batch[1]), batch)
     assert np.array_equal(batch[1], want) and not batch[0].any()
     with pytest.raises(ValueError):
-        I.normalise(img, np.zeros((3, 12, 16), np.float32))
+        A.normalise(img, np.zeros((3, 12, 16), np.float32))
     labels = I.load_labels(dataset[0], EDITED)
     sub = {k: v[:5] for k, v in records.items()}
     b = I.transform_batch(sub, labels, seed=4, epoch=[0, 1, 2, 0, 1])

@@ -6,9 +6,8 @@ Per patch, on CPU workers (the training process computes no targets):
 
 1. decode the image (RGB uint8) and the instance map;
 2. per-instance class names from the label table (cells missing from it -> ``Unknown``);
-3. augmentation: rot90 (k uniform in 0..3), horizontal and vertical flips (p 0.5 each), applied
-   identically to image and instance map, then colour jitter on the image only (H&E stain jitter
-   in optical density with fixed reference stain vectors, brightness, contrast, saturation);
+3. augmentation (:mod:`stx_platform.training.augmentation`): rot90, horizontal and vertical flips
+   applied identically to image and instance map, colour jitter on the image only;
 4. targets of the *augmented* instance map (:func:`stx_platform.targets.targets`, as CellViT
    computes HV maps after augmentation): ``binary``, ``hv``, ``type`` (Unknown -> -1, ignored by
    the type loss);
@@ -16,8 +15,8 @@ Per patch, on CPU workers (the training process computes no targets):
    PanNuke tissue index of the slide's organ (-1 when it is not one of PanNuke's 19 tissues).
 
 The pure functions (:func:`make_sample`, :func:`transform_batch`) need no Ray;
-:func:`training_dataset` wires them into a Ray Data pipeline (``map_batches`` with an actor class
-that loads each slide's label table once per worker).
+:func:`training_dataset` wires them into a Ray Data pipeline (``map_batches`` with actors that read
+shard row groups and load each slide's label table once per worker).
 """
 
 from __future__ import annotations
@@ -25,9 +24,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -38,6 +35,7 @@ from stx_platform.organs import canonical_organ
 from stx_platform.patches.schema import decode_image, decode_instance_map
 from stx_platform.targets import targets
 from stx_platform.taxonomy import UNKNOWN
+from stx_platform.training.augmentation import AugmentConfig, augment, normalise
 
 #: PanNuke's 19 tissues in CellViT's tissue-head order (alphabetical, as CellViT's dataset config).
 PANNUKE_TISSUES: tuple[str, ...] = (
@@ -142,177 +140,7 @@ def _labels_for(labels, sample_id) -> pd.Series | None:
         return None
 
 
-# ---------------------------------------------------------------- augmentation
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation strengths. Geometric ops act on image and instance map alike; the rest on the image."""
-    rot90: bool = True
-    p_hflip: float = 0.5
-    p_vflip: float = 0.5
-    brightness: float = 0.1     # factor uniform in [1 - b, 1 + b]
-    contrast: float = 0.1       # factor about the mean, uniform in [1 - c, 1 + c]
-    saturation: float = 0.1     # factor about the grey value, uniform in [1 - s, 1 + s]
-    stain_scale: float = 0.05   # H and E concentrations x uniform [1 - a, 1 + a]
-    stain_shift: float = 0.02   # ... + uniform [-b, b] (optical density units)
-
-    def geometric_only(self) -> AugmentConfig:
-        return AugmentConfig(self.rot90, self.p_hflip, self.p_vflip, 0.0, 0.0, 0.0, 0.0, 0.0)
-
-
-#: Reference stain vectors (optical density, rows H, E, residual; Ruifrok & Johnston 2001), unit rows.
-STAIN_VECTORS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
-STAIN_VECTORS = (STAIN_VECTORS / np.linalg.norm(STAIN_VECTORS, axis=1, keepdims=True)).astype(np.float32)
-_STAIN_INV = np.linalg.inv(STAIN_VECTORS.astype(np.float64)).astype(np.float32)
-_OD_LUT = (-np.log((np.arange(256) + 1.0) / 256.0)).astype(np.float32)   # uint8 -> optical density
-_LOG256 = float(np.log(256.0))
-_GREY = np.array([0.299, 0.587, 0.114])                                    # sums to 1
-_NORM_LUT = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # normalise()'s ops
-
-
-def _pixels(a: np.ndarray) -> np.ndarray:
-    """(..., 3) -> contiguous (N, 1, 3): what cv2 reads as an N x 1 three-channel image."""
-    return np.ascontiguousarray(a).reshape(-1, 1, 3)
-
-
-#: -(outer(inv(V)[:, i], V[i])).T, i = H, E, residual: the jittered OD of a pixel row ``od`` is
-#: ``od @ (s_H P_H + s_E P_E + P_res) + b_H V_H + b_E V_E`` (concentrations scaled and shifted).
-_STAIN_PARTS = [-np.outer(_STAIN_INV[:, i].astype(np.float64), STAIN_VECTORS[i]).T for i in range(3)]
-
-
-def _stain_matrix(scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
-    """(3, 4) float32 for ``cv2.transform``: optical density -> minus the jittered optical density."""
-    m = np.empty((3, 4))
-    m[:, :3] = scale[0] * _STAIN_PARTS[0] + scale[1] * _STAIN_PARTS[1] + _STAIN_PARTS[2]
-    m[:, 3] = -(shift[0] * STAIN_VECTORS[0].astype(np.float64) + shift[1] * STAIN_VECTORS[1])
-    return m.astype(np.float32)
-
-
-def _transmittance(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """exp(-jittered OD) of (..., 3) pixels as float32 (N, 1, 3), clipped to [1/256, 1] so that
-    ``256 e - 1`` is the jittered RGB clipped to 0..255; and a scratch array of the same shape."""
-    px = _pixels(rgb)
-    od = cv2.LUT(px, _OD_LUT) if px.dtype == np.uint8 else -np.log((px.astype(np.float32) + 1.0) / 256.0)
-    z = cv2.transform(od, _stain_matrix(scale, shift))
-    np.clip(z, -_LOG256, 0.0, out=z)
-    return cv2.exp(z, dst=z), od
-
-
-def stain_jitter(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
-    """H&E jitter of an (H, W, 3) image in 0..255 (uint8 or float): RGB -> optical density -> (H, E, residual)
-    concentrations by the fixed stain vectors; H and E scaled by ``scale[0:2]`` and shifted by
-    ``shift[0:2]``; back to RGB (float32, clipped to 0..255)."""
-    rgb = np.asarray(rgb)
-    x = _transmittance(rgb, scale, shift)[0] * np.float32(256.0) - np.float32(1.0)
-    return np.clip(x, 0.0, 255.0, out=x).reshape(rgb.shape)
-
-
-def colour_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Stain, brightness, contrast and saturation jitter of an RGB uint8 image (returns uint8).
-
-    Draws, in this order: stain scale (2) and shift (2), brightness, contrast, saturation (each only
-    when enabled). Applied as stain jitter (:func:`stain_jitter`), then brightness ``x * b``,
-    contrast ``(x - mean) * c + mean``, saturation ``(x - grey) * s + grey``, rounded to uint8.
-    After the stain step all three are one affine map ``y = c b S x + (1 - c) b mean(x)`` with
-    ``S = s I + (1 - s) 1 grey^T``, so the image takes one LUT, two 3x4 colour transforms and one
-    exp per pixel (in float32; equals the step-by-step float32 result to within 1 grey level).
-    """
-    stain = bool(cfg.stain_scale or cfg.stain_shift)
-    if not (stain or cfg.brightness or cfg.contrast or cfg.saturation):
-        return img
-    if stain:
-        scale = rng.uniform(1 - cfg.stain_scale, 1 + cfg.stain_scale, 2)
-        shift = rng.uniform(-cfg.stain_shift, cfg.stain_shift, 2)
-    b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) if cfg.brightness else 1.0
-    c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else 1.0
-    s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation else 1.0
-    a = c * b * (s * np.eye(3) + (1 - s) * _GREY[None, :])
-    if stain:
-        src, dst = _transmittance(img, scale, shift)            # x = 256 e - 1
-        mean = 256.0 * sum(cv2.mean(src)[:3]) / 3 - 1.0 if c != 1 else 0.0
-        m = np.hstack([256.0 * a, ((1 - c) * b * mean - a.sum(1))[:, None]])
-    else:
-        src, dst = _pixels(img).astype(np.float32), None
-        mean = sum(cv2.mean(src)[:3]) / 3 if c != 1 else 0.0
-        m = np.hstack([a, np.full((3, 1), (1 - c) * b * mean)])
-    y = cv2.transform(src, m.astype(np.float32), dst=dst)
-    cv2.threshold(y, 0.0, 0.0, cv2.THRESH_TOZERO, dst=y)       # max(y, 0)
-    return cv2.convertScaleAbs(y).reshape(img.shape)           # rounds half to even, saturates at 255
-
-
-#: cv2.rotate codes of np.rot90(a, k, axes=(0, 1)) for k = 1, 2, 3
-_ROTATE = (None, cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)
-_CV_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32,
-                                            np.float64))
-
-
-def _dihedral(a: np.ndarray, k: int, hflip: bool, vflip: bool) -> np.ndarray:
-    """``np.rot90(a, k, axes=(0, 1))``, then ``[:, ::-1]`` if ``hflip``, then ``[::-1]`` if ``vflip``,
-    as a contiguous array (no copy when that is the identity); one or two cv2 passes."""
-    k %= 4
-    if hflip and vflip:                          # both flips = rot180
-        k, hflip, vflip = (k + 2) % 4, False, False
-    if k == 2:                                   # rot180 = both flips; with one flip, the other one
-        k, hflip, vflip = 0, not hflip, not vflip
-    if not (k or hflip or vflip):
-        return np.ascontiguousarray(a)
-    if a.dtype not in _CV_DTYPES or a.ndim not in (2, 3) or (a.ndim == 3 and not 1 <= a.shape[2] <= 4):
-        a = np.rot90(a, k, axes=(0, 1))
-        a = a[:, ::-1] if hflip else a
-        return np.ascontiguousarray(a[::-1] if vflip else a)
-    a = np.ascontiguousarray(a)
-    if (k, hflip, vflip) in ((1, False, True), (3, True, False)):
-        return cv2.transpose(a).reshape(a.shape[1], a.shape[0], *a.shape[2:])
-    if k:
-        a = cv2.rotate(a, _ROTATE[k]).reshape(a.shape[1], a.shape[0], *a.shape[2:])
-    if hflip or vflip:
-        a = cv2.flip(a, -1 if hflip and vflip else 1 if hflip else 0).reshape(a.shape)
-    return a
-
-
-def _draw_geometric(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[int, bool, bool]:
-    k = int(rng.integers(4)) if cfg.rot90 else 0
-    return k, bool(rng.random() < cfg.p_hflip), bool(rng.random() < cfg.p_vflip)
-
-
-def augment(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
-            config: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, instance map (H, W)) -> augmented copies, still aligned pixel for pixel.
-
-    rot90 by k ~ U{0..3}, horizontal flip, vertical flip (the same for both arrays), then colour
-    jitter of the image. Targets are to be computed from the returned instance map. (Colour
-    jitter acts per pixel but for the image mean, which a permutation keeps, so it is computed
-    before the geometric op, on the decoded image as it is.)
-    """
-    cfg = config or AugmentConfig()
-    if image.shape[:2] != inst.shape:
-        raise ValueError(f"image {image.shape} and instance map {inst.shape} differ in size")
-    geo = _draw_geometric(rng, cfg)
-    return _dihedral(colour_jitter(image, rng, cfg), *geo), _dihedral(inst, *geo)
-
-
-_augment = augment
-
-
-def normalise(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]: ``(x / 255 - 0.5) / 0.5``, computed as
-    ``float32(x) * float32(2 / 255) - 1`` (into ``out`` when given)."""
-    if image.dtype != np.uint8:
-        x = image.transpose(2, 0, 1).astype(np.float32)
-        x *= np.float32(2.0 / 255.0)
-        x -= np.float32(1.0)
-        if out is None:
-            return x
-        out[...] = x
-        return out
-    shape = (image.shape[2], *image.shape[:2])
-    if out is None:
-        out = np.empty(shape, np.float32)
-    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
-    for c, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
-        cv2.LUT(plane, _NORM_LUT, dst=out[c])
-    return out
+_augment = augment          # the name ``augment`` is also a parameter below
 
 
 # ---------------------------------------------------------------- samples

@@ -23,7 +23,11 @@ import torch
 
 from stx_platform import storage
 from stx_platform.model import CellViTLoss, build_model, freeze_encoder, load_checkpoint
-from stx_platform.training.checkpoint import checkpoint_dir_name, load_train_state, save_checkpoint
+from stx_platform.training.checkpoint import (
+    checkpoint_dir_name,
+    load_train_state,
+    save_checkpoint,
+)
 from stx_platform.training.config import TrainConfig
 from stx_platform.training.validate import evaluate, json_safe
 

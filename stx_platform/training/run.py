@@ -14,7 +14,6 @@ The caller owns ``ray.init``.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,14 @@ from ray.train import UserCallback
 
 from stx_platform import storage
 from stx_platform.build.manifest import done_slides
-from stx_platform.tracking import client, experiment_id, log_metrics, log_params, redact, tracking_uri
+from stx_platform.tracking import (
+    client,
+    experiment_id,
+    log_metrics,
+    log_params,
+    redact,
+    tracking_uri,
+)
 from stx_platform.training.config import TrainConfig
 from stx_platform.training.loop import train_loop
 
@@ -132,7 +138,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
+    from ray.util.queue import Empty, Queue
 
     from stx_platform.training.ingest import training_dataset
 
@@ -145,7 +151,11 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     label_override = label_set_id if label_set_id and label_set_id != manifest.get("label_set_id") else None
     check_labels(dataset, slides, label_override)
     label_set_id = label_set_id or manifest.get("label_set_id", "")
+    cluster = ray.cluster_resources()
+    check_resources(cfg, cluster)
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.get("GPU", 0) > 0
     uri = tracking_uri(mlflow_uri)
+    run_dir = storage.join(storage_url, name) if name else None
     if resume:
         run_id = read_run_info(storage_url, name)["mlflow_run_id"]
     else:
@@ -160,7 +170,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
         run_id = run.info.run_id
         log_params(uri, run_id, {**{f"train.{k}": v for k, v in cfg.model_dump().items()},
                                  "dataset": dataset, "validation": validation, "label_set_id": label_set_id,
-                                 "label_config_hash": label_set_id, "patch_config_hash": manifest.get("patch_config_hash"),
+                                 "patch_config_hash": manifest.get("patch_config_hash"),
                                  "markers_hash": manifest.get("markers_hash"), "slides": len(slides),
                                  "patches": sum(int(s.get("patches", 0)) for s in slides)})
         c.log_dict(run_id, manifest, "dataset/manifest.json")
@@ -168,12 +178,9 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                 "validation": validation, "label_set_id": label_set_id, "train": cfg.model_dump(mode="json"),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         storage.write_json(storage.join(run_dir, RUN_INFO), info)
-    run_dir = storage.join(storage_url, name)
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    check_resources(cfg, ray.cluster_resources())
     ds = training_dataset(dataset, label_override,
-                          augment=cfg.augment, seed=cfg.seed, batch_size=max(cfg.batch_size, 4),
+                          augment=cfg.augment, seed=cfg.seed, batch_size=cfg.batch_size,
                           num_cpus=cfg.ingest_cpus, concurrency=tuple(cfg.ingest_actors),
                           samples_per_epoch=cfg.samples_per_epoch)
     storage_path, storage_fs = storage.arrow_filesystem(storage_url)
@@ -201,7 +208,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
         while not done.is_set() or not events.empty():
             try:
                 ev = events.get(timeout=0.5)
-            except (queue.Empty, Exception):
+            except Empty:
                 continue
             if "metrics" in ev:
                 history.append(ev["metrics"])

@@ -18,11 +18,24 @@ import torch
 
 from stx_platform import storage
 from stx_platform.inference import instances, predict_maps
-from stx_platform.metrics import centroids, instance_classes, match_centroids, pannuke_scores
+from stx_platform.metrics import (
+    centroids,
+    instance_classes,
+    match_centroids,
+    pannuke_scores,
+)
 from stx_platform.postprocess import instance_contours
 from stx_platform.sources.pannuke import PanNukeFold
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, SCORED_CLASSES
-from stx_platform.viz import caption, figure_png, hstack, legend, outline_nuclei, save_png, vstack
+from stx_platform.viz import (
+    caption,
+    figure_png,
+    hstack,
+    legend,
+    outline_nuclei,
+    save_png,
+    vstack,
+)
 
 #: type indices scored by default
 SCORED: tuple[int, ...] = tuple(sorted(PANNUKE_TYPE_ORDER.index(c) for c in SCORED_CLASSES))
