@@ -142,8 +142,8 @@ def cmd_label_eval(args) -> int:
     from stx_platform import storage
     from stx_platform.labels.compare import METHOD_ORDER, compare
     from stx_platform.labels.evaluate import confusion_figure, table3
-    from stx_platform.viz import figure_png
     from stx_platform.sources import read_sample, sample_refs
+    from stx_platform.viz import figure_png
 
     config, db = _label_setup(args)
     methods = tuple(args.methods or METHOD_ORDER)
@@ -220,7 +220,6 @@ def _ray_session(args):
 
 def cmd_build(args) -> int:
     import os
-
 
     from stx_platform.build.run import run_build
     from stx_platform.build.summary import log_to_mlflow, summarise

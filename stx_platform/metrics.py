@@ -271,7 +271,8 @@ def detection_scores(true: Iterable[tuple[np.ndarray, np.ndarray]], pred: Iterab
     ``true`` / ``pred``: one ``(centroids (n, 2) as (x, y), classes (n,))`` per image (classes may
     be None for detection only). ``classes``: the class indices scored (default: every class
     >= 1 that occurs). Returns ``f1``, ``precision``, ``recall``, ``tp``, ``fp``, ``fn``,
-    ``f1_per_class`` {class: F1} and ``classification`` (see :func:`classification_scores`).
+    ``f1_per_class`` {class: F1}, ``classification`` (see :func:`classification_scores`) and
+    ``paired_classes`` (true, predicted class of every matched pair).
     """
     pt, pp, un_t, un_p = [], [], [], []
     tp = fp = fn = 0
@@ -298,7 +299,8 @@ def detection_scores(true: Iterable[tuple[np.ndarray, np.ndarray]], pred: Iterab
            "recall": tp / (tp + fn) if tp + fn else np.nan,
            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan,
            "f1_per_class": {int(c): _class_f1(pt, pp, un_t, un_p, int(c)) for c in classes},
-           "classification": classification_scores(pt, pp, classes)}
+           "classification": classification_scores(pt, pp, classes),
+           "paired_classes": (pt, pp)}
     return out
 
 

@@ -229,10 +229,10 @@ def open_slide(ref: str, slide_mpp: float | None = None) -> Slide:
     TIFF (OME ``PhysicalSizeX`` or the resolution tag). ``slide_mpp`` overrides the pixel size.
     """
     from stx_platform.sources import sample_id_of
-    from stx_platform.sources.hest import read_metadata
-    from stx_platform.sources.sample import check_pixel_size, check_sample_id
+    from stx_platform.sources.hest import open_hest_wsi
+    from stx_platform.sources.sample import check_sample_id
     from stx_platform.sources.wsi import WSI
-    from stx_platform.sources.xenium import _find, is_xenium_bundle, read_alignment
+    from stx_platform.sources.xenium import is_xenium_bundle, open_he_image
 
     ref = str(ref)
     if slide_mpp is not None and not slide_mpp > 0:
@@ -240,24 +240,12 @@ def open_slide(ref: str, slide_mpp: float | None = None) -> Slide:
     if "#" in ref:
         root, sid = ref.rsplit("#", 1)
         check_sample_id(sid, root)
-        meta = read_metadata(root, sid)
-        rel = f"wsis/{sid}.tif"
-        if not storage.exists(storage.join(root, rel)):
-            raise SampleError(sid, rel, f"file not found under {root}")
-        mpp = slide_mpp or check_pixel_size(meta.get("pixel_size_um_estimated"), sid, f"metadata/{sid}.json",
-                                            "pixel_size_um_estimated")
-        wsi = WSI(storage.join(root, rel), sid, rel)
+        wsi, mpp = open_hest_wsi(root, sid)
+        mpp = slide_mpp or mpp
     elif storage.is_dir(ref) and is_xenium_bundle(ref):
         url, sid = ref.rstrip("/"), sample_id_of(ref)
-        he = _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif)")
-        wsi = WSI(storage.join(url, he), sid, he)
-        mpp = slide_mpp
-        if mpp is None:
-            exp = storage.read_json(storage.join(url, "experiment.xenium"))
-            px = check_pixel_size(exp.get("pixel_size"), sid, "experiment.xenium", "pixel_size")
-            al = _find(url, "he_imagealignment.csv", sid, "H&E alignment (*he_imagealignment.csv)")
-            m = read_alignment(storage.join(url, al), sid, al)
-            mpp = px * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+        he = open_he_image(url, sid)
+        wsi, mpp = he.wsi, slide_mpp or he.mpp
     else:
         if storage.is_dir(ref):
             raise ValueError(f"{ref}: a folder but not a Xenium bundle (no experiment.xenium); for a HEST-1k "
@@ -302,7 +290,11 @@ def predict_slide(model: torch.nn.Module, slide, mpp: float = MODEL_MPP, region:
     ``progress(message)`` is called once per window. ``attrs``: ``box`` (the level-0 box the
     predicted windows' cores cover), ``regions``, ``skipped``, ``mpp``, ``slide_mpp``.
     """
-    from stx_platform.patches.cut import MASK_CELLS_PER_PATCH, _resample, slide_tissue_fraction
+    from stx_platform.patches.cut import (
+        MASK_CELLS_PER_PATCH,
+        _resample,
+        slide_tissue_fraction,
+    )
 
     _check_tiling(tile, overlap)
     if region_size < 16:
@@ -431,12 +423,9 @@ def overlay(rgb: np.ndarray, nuclei: pd.DataFrame, offset: tuple[float, float] =
             classes: Sequence[str] | None = None) -> np.ndarray:
     """``rgb`` with each nucleus outlined in its class colour (contours in source pixels, mapped
     by ``offset`` and ``scale``), and a legend with counts on the right."""
-    from stx_platform.viz import hstack, legend, outline_nuclei
+    from stx_platform.viz import hstack, legend, outline_contours
 
-    # pixel centres at integers on both sides: u -> (u + 0.5 - offset) * scale - 0.5
-    shifted = [np.asarray(c, np.float64) + 0.5 - 0.5 / scale for c in nuclei["contour"]]
-    out = outline_nuclei(rgb, shifted, nuclei["class_name"].astype(str).tolist(), offset=offset, scale=scale,
-                         width=2 if scale >= 0.5 else 1)
+    out = outline_contours(rgb, nuclei["contour"], nuclei["class_name"].astype(str), offset, scale)
     counts = nuclei["class_name"].value_counts().to_dict()
     names = [c for c in (classes or sorted(counts)) if c not in _UNCLASSIFIED]
     return hstack([out, legend(names, counts)])

@@ -22,6 +22,15 @@ def outline_nuclei(img: np.ndarray, polygons: list[np.ndarray], classes: list[st
     return out
 
 
+def outline_contours(img: np.ndarray, contours, classes, offset: tuple[float, float] = (0.0, 0.0),
+                     scale: float = 1.0) -> np.ndarray:
+    """:func:`outline_nuclei` for contours through pixel centres (integer = centre, as
+    :func:`stx_platform.postprocess.instance_contours` gives them), mapped by ``offset`` and
+    ``scale`` so that centres land on centres: ``u -> (u + 0.5 - offset) * scale - 0.5``."""
+    shifted = [np.asarray(c, np.float64) + 0.5 - 0.5 / scale for c in contours]
+    return outline_nuclei(img, shifted, list(classes), offset=offset, scale=scale, width=2 if scale >= 0.5 else 1)
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)

@@ -7,7 +7,13 @@ from __future__ import annotations
 import time
 
 from stx_platform import storage
-from stx_platform.build.manifest import DONE, SlideRecord, is_done, read_records, write_manifest
+from stx_platform.build.manifest import (
+    DONE,
+    SlideRecord,
+    is_done,
+    read_records,
+    write_manifest,
+)
 from stx_platform.build.slide import build_slide
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig

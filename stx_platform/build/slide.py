@@ -9,7 +9,15 @@ import traceback
 import pyarrow.parquet as pq
 
 from stx_platform import storage
-from stx_platform.build.manifest import DONE, FAILED, SlideRecord, label_path, patches_done, shard_path, write_record
+from stx_platform.build.manifest import (
+    DONE,
+    FAILED,
+    SlideRecord,
+    label_path,
+    patches_done,
+    shard_path,
+    write_record,
+)
 from stx_platform.labels.config import LabelConfig
 from stx_platform.labels.pipeline import label_expression
 from stx_platform.labels.table import write_label_table

@@ -67,7 +67,14 @@ import pandas as pd
 
 from stx_platform import storage
 from stx_platform.organs import ORGANS, canonical_organ
-from stx_platform.taxonomy import CONNECTIVE, EPITHELIAL, INFLAMMATORY, NEOPLASTIC, UNKNOWN, VOTE_CLASSES
+from stx_platform.taxonomy import (
+    CONNECTIVE,
+    EPITHELIAL,
+    INFLAMMATORY,
+    NEOPLASTIC,
+    UNKNOWN,
+    VOTE_CLASSES,
+)
 
 # VOTE_CLASSES (taxonomy) is the column order of MarkerDB.votes.
 #: Classes of :meth:`MarkerDB.signatures`, in order.

@@ -2,7 +2,14 @@
 ids point at cells of the slide (stage 3 of the architecture). Independent of any label config."""
 
 from stx_platform.patches.config import PatchConfig
-from stx_platform.patches.cut import cut_patch, fill_polygons, patches_for_sample, plan_grid, plan_patches, tissue_mask
+from stx_platform.patches.cut import (
+    cut_patch,
+    fill_polygons,
+    patches_for_sample,
+    plan_grid,
+    plan_patches,
+    tissue_mask,
+)
 from stx_platform.patches.schema import (
     PATCH_SCHEMA,
     config_from_schema,

@@ -52,7 +52,11 @@ from shapely import STRtree
 
 from stx_platform.errors import SampleError
 from stx_platform.patches.config import PatchConfig
-from stx_platform.patches.schema import encode_image, encode_instance_map, records_to_table
+from stx_platform.patches.schema import (
+    encode_image,
+    encode_instance_map,
+    records_to_table,
+)
 
 #: HSV saturation (0..255) from which a pixel counts as stained tissue.
 TISSUE_MIN_SATURATION = 20

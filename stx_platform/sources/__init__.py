@@ -9,7 +9,11 @@ from __future__ import annotations
 from stx_platform import storage
 from stx_platform.sources.hest import list_hest_samples, read_hest_sample
 from stx_platform.sources.sample import Sample
-from stx_platform.sources.xenium import is_xenium_bundle, list_xenium_bundles, read_xenium_bundle
+from stx_platform.sources.xenium import (
+    is_xenium_bundle,
+    list_xenium_bundles,
+    read_xenium_bundle,
+)
 
 __all__ = ["Sample", "list_samples", "read_sample", "read_hest_sample", "read_xenium_bundle", "sample_id_of",
            "sample_refs"]

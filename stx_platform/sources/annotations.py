@@ -16,7 +16,14 @@ import pandas as pd
 from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.sources.features import normalise_cell_ids
-from stx_platform.taxonomy import CONNECTIVE, EPITHELIAL, INFLAMMATORY, LABEL_CLASSES, NEOPLASTIC, UNKNOWN
+from stx_platform.taxonomy import (
+    CONNECTIVE,
+    EPITHELIAL,
+    INFLAMMATORY,
+    LABEL_CLASSES,
+    NEOPLASTIC,
+    UNKNOWN,
+)
 
 #: The 10x breast (Janesick 2023) supervised labels mapped onto PanNuke classes.
 FINE_TO_CLASS: dict[str, str] = {

@@ -32,8 +32,15 @@ from stx_platform.errors import SampleError
 from stx_platform.sources.annotations import read_ground_truth
 from stx_platform.sources.expression import MIN_QV, cell_by_gene
 from stx_platform.sources.features import gene_mask, normalise_cell_ids
-from stx_platform.sources.sample import (Sample, align_expression, check_counts, check_inside_image,
-                                         check_pixel_size, check_sample_id, polygons_from_geometry)
+from stx_platform.sources.sample import (
+    Sample,
+    align_expression,
+    check_counts,
+    check_inside_image,
+    check_pixel_size,
+    check_sample_id,
+    polygons_from_geometry,
+)
 from stx_platform.sources.wsi import WSI
 
 ASSIGNMENT_MODES = ("cell_id", "nucleus", "polygon")
@@ -128,18 +135,24 @@ def _transcript_expression(root: str, sample_id: str, nucleus_ids: pd.Index, nuc
     return X, genes, stats
 
 
+def open_hest_wsi(root: str, sample_id: str, meta: dict | None = None) -> tuple[WSI, float]:
+    """The H&E of a HEST-1k sample and its um per level-0 pixel (``pixel_size_um_estimated``)."""
+    meta = read_metadata(root, sample_id) if meta is None else meta
+    mpp = check_pixel_size(meta.get("pixel_size_um_estimated"), sample_id, f"metadata/{sample_id}.json",
+                           "pixel_size_um_estimated")
+    wsi_rel = f"wsis/{sample_id}.tif"
+    if not storage.exists(storage.join(root, wsi_rel)):
+        raise SampleError(sample_id, wsi_rel, f"file not found under {root}")
+    return WSI(storage.join(root, wsi_rel), sample_id, wsi_rel), mpp
+
+
 def read_hest_sample(root: str, sample_id: str, *, assignment: str = "cell_id", min_qv: float = MIN_QV) -> Sample:
     """Read one Xenium sample from a HEST-1k folder; every bad input is a ``SampleError``."""
     check_sample_id(sample_id, root)
     if assignment not in ASSIGNMENT_MODES:
         raise ValueError(f"assignment must be one of {ASSIGNMENT_MODES}, not {assignment!r}")
     meta = read_metadata(root, sample_id)
-    mpp = check_pixel_size(meta.get("pixel_size_um_estimated"), sample_id, f"metadata/{sample_id}.json",
-                           "pixel_size_um_estimated")
-    wsi_rel = f"wsis/{sample_id}.tif"
-    if not storage.exists(storage.join(root, wsi_rel)):
-        raise SampleError(sample_id, wsi_rel, f"file not found under {root}")
-    wsi = WSI(storage.join(root, wsi_rel), sample_id, wsi_rel)
+    wsi, mpp = open_hest_wsi(root, sample_id, meta)
     width, height = wsi.width, wsi.height  # opens the header: a corrupt TIFF fails here
     nuclei, nucleus_ids = _read_nuclei(root, sample_id)
     check_inside_image(nuclei, nucleus_ids, width, height, sample_id, f"xenium_seg/{sample_id}_xenium_nucleus_seg.parquet")

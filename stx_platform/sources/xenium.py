@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -36,8 +37,14 @@ from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.sources.annotations import read_ground_truth
 from stx_platform.sources.features import as_text, gene_mask, normalise_cell_ids
-from stx_platform.sources.sample import (Sample, align_expression, check_counts, check_inside_image,
-                                         check_pixel_size, check_sample_id)
+from stx_platform.sources.sample import (
+    Sample,
+    align_expression,
+    check_counts,
+    check_inside_image,
+    check_pixel_size,
+    check_sample_id,
+)
 from stx_platform.sources.wsi import WSI
 
 
@@ -127,20 +134,47 @@ def read_alignment(url: str, sid: str, rel: str) -> np.ndarray:
     return m
 
 
+def read_experiment(url: str, sid: str) -> dict:
+    """The bundle's ``experiment.xenium`` (JSON)."""
+    rel = "experiment.xenium"
+    try:
+        return json.loads(storage.read_bytes(storage.join(url, rel)).decode("utf-8"))
+    except FileNotFoundError:
+        raise SampleError(sid, rel, f"file not found: {url} is not a Xenium output bundle") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SampleError(sid, rel, f"not valid JSON ({e})") from None
+
+
+@dataclass
+class HEImage:
+    """A bundle's registered H&E: the image, its um per pixel, the H&E -> morphology pixel affine
+    and the morphology pixel size it maps to."""
+
+    wsi: WSI
+    mpp: float
+    alignment: np.ndarray
+    morphology_mpp: float
+
+
+def open_he_image(url: str, sid: str, exp: dict | None = None, he_image: str | None = None,
+                  alignment: str | None = None) -> HEImage:
+    """The H&E of a Xenium bundle (found in it unless given) and its pixel size from the alignment."""
+    exp = read_experiment(url, sid) if exp is None else exp
+    px_um = check_pixel_size(exp.get("pixel_size"), sid, "experiment.xenium", "pixel_size")
+    he_rel = he_image or _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif)")
+    al_rel = alignment or _find(url, "he_imagealignment.csv", sid, "H&E alignment (*he_imagealignment.csv)")
+    m = read_alignment(storage.join(url, al_rel), sid, al_rel)
+    mpp = px_um * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+    return HEImage(WSI(storage.join(url, he_rel), sid, he_rel), mpp, m, px_um)
+
+
 def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None = None,
                        he_image: str | None = None, alignment: str | None = None,
                        annotations: str | None = None) -> Sample:
     """Read a Xenium bundle folder; the H&E and alignment are found in it unless given."""
     url = url.rstrip("/")
     sid = check_sample_id(sample_id or posixpath.basename(url), url)
-    rel = "experiment.xenium"
-    try:
-        exp = json.loads(storage.read_bytes(storage.join(url, rel)).decode("utf-8"))
-    except FileNotFoundError:
-        raise SampleError(sid, rel, f"file not found: {url} is not a Xenium output bundle") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SampleError(sid, rel, f"not valid JSON ({e})") from None
-    px_um = check_pixel_size(exp.get("pixel_size"), sid, rel, "pixel_size")
+    exp = read_experiment(url, sid)
 
     X, barcodes, genes = read_matrix(storage.join(url, "cell_feature_matrix.h5"), sid)
     X = check_counts(X, sid, "cell_feature_matrix.h5")
@@ -153,11 +187,8 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
             raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
                                                     f"{len(barcodes)}; the two disagree")
 
-    he_rel = he_image or _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif)")
-    al_rel = alignment or _find(url, "he_imagealignment.csv", sid, "H&E alignment (*he_imagealignment.csv)")
-    m = read_alignment(storage.join(url, al_rel), sid, al_rel)
-    mpp = px_um * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
-    wsi = WSI(storage.join(url, he_rel), sid, he_rel)
+    he = open_he_image(url, sid, exp, he_image, alignment)
+    wsi, mpp, m, px_um = he.wsi, he.mpp, he.alignment, he.morphology_mpp
     width, height = wsi.width, wsi.height
 
     nb_rel = "nucleus_boundaries.parquet"

@@ -16,8 +16,16 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from stx_platform.synth import layout as L
-from stx_platform.synth.celltypes import (AMBIGUOUS, SHARED_TYPES, STROMAL_T_HYBRID, T_TUMOR_HYBRID, UNLABELED,
-                                          CellType, EPITHELIAL_TYPES, tumour_types)
+from stx_platform.synth.celltypes import (
+    AMBIGUOUS,
+    EPITHELIAL_TYPES,
+    SHARED_TYPES,
+    STROMAL_T_HYBRID,
+    T_TUMOR_HYBRID,
+    UNLABELED,
+    CellType,
+    tumour_types,
+)
 from stx_platform.synth.nuclei import NucleusShapes, sample_shapes
 from stx_platform.synth.organs import OrganRecipe, main_epithelium
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stx_platform.taxonomy import CONNECTIVE, EPITHELIAL, INFLAMMATORY, NEOPLASTIC, UNKNOWN
+from stx_platform.taxonomy import (
+    CONNECTIVE,
+    EPITHELIAL,
+    INFLAMMATORY,
+    NEOPLASTIC,
+    UNKNOWN,
+)
 
 
 @dataclass(frozen=True)

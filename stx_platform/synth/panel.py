@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from stx_platform.synth.celltypes import AMBIGUOUS, EPITHELIAL_TYPES, SHARED_TYPES, all_programs
+from stx_platform.synth.celltypes import (
+    AMBIGUOUS,
+    EPITHELIAL_TYPES,
+    SHARED_TYPES,
+    all_programs,
+)
 
 #: Real genes, present on commercial Xenium panels, that no synthetic type regulates.
 UNINFORMATIVE: tuple[str, ...] = (

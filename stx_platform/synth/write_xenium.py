@@ -36,7 +36,12 @@ from stx_platform.progress import Progress
 from stx_platform.sources.expression import cell_by_gene
 from stx_platform.sources.features import normalise_cell_ids
 from stx_platform.sources.wsi import write_pyramid_tiff
-from stx_platform.synth.formats import FormatStyle, features, transcript_table, xenium_cell_ids
+from stx_platform.synth.formats import (
+    FormatStyle,
+    features,
+    transcript_table,
+    xenium_cell_ids,
+)
 from stx_platform.synth.panel import feature_type_of
 from stx_platform.synth.slide import XENIUM_MORPHOLOGY_MPP, SyntheticSlide
 from stx_platform.synth.transcripts import generate

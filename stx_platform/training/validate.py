@@ -19,9 +19,6 @@ import torch
 from stx_platform import storage
 from stx_platform.inference import instances, predict_maps
 from stx_platform.metrics import (
-    centroids,
-    instance_classes,
-    match_centroids,
     pannuke_scores,
 )
 from stx_platform.postprocess import instance_contours
@@ -32,7 +29,7 @@ from stx_platform.viz import (
     figure_png,
     hstack,
     legend,
-    outline_nuclei,
+    outline_contours,
     save_png,
     vstack,
 )
@@ -90,20 +87,15 @@ def flat_metrics(scores: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
-def confusion(true_insts, true_classes, pred_insts, pred_classes, radius: float = 12,
-              rows: Sequence[int] = SCORED) -> pd.DataFrame:
-    """Counts of centroid-matched nuclei (the detection matching) by true class (``rows``) and
-    predicted class (every nucleus class)."""
+def confusion(scores: dict, rows: Sequence[int] = SCORED) -> pd.DataFrame:
+    """Counts of the centroid-matched nuclei of :func:`pannuke_scores` by true class (``rows``)
+    and predicted class (every nucleus class)."""
     cols = list(range(1, len(PANNUKE_TYPE_ORDER)))
+    true, pred = scores["detection"]["paired_classes"]
     cm = np.zeros((len(rows), len(cols)), np.int64)
-    for t, tc, p, pc in zip(true_insts, true_classes, pred_insts, pred_classes):
-        _, txy = centroids(t)
-        _, pxy = centroids(p)
-        ti, pi = match_centroids(txy, pxy, radius)
-        tcl, pcl = instance_classes(t, tc)[1][ti], instance_classes(p, pc)[1][pi]
-        for a, b in zip(tcl, pcl):
-            if a in rows and b in cols:
-                cm[rows.index(a), cols.index(b)] += 1
+    for i, r in enumerate(rows):
+        sel = pred[true == r]
+        cm[i] = [(sel == c).sum() for c in cols]
     return pd.DataFrame(cm, index=[PANNUKE_TYPE_ORDER[r] for r in rows], columns=[PANNUKE_TYPE_ORDER[c] for c in cols])
 
 
@@ -117,7 +109,7 @@ def overlay_panel(image: np.ndarray, true_inst, true_classes: dict, pred_inst, p
     for inst, cls, name in ((true_inst, true_classes, "truth"), (pred_inst, pred_classes, "prediction")):
         polys = instance_contours(inst)
         names = [PANNUKE_TYPE_ORDER[int(cls.get(i, 0))] for i in polys]
-        panels.append(caption(outline_nuclei(big, [p + 0.5 for p in polys.values()], names, (0.0, 0.0), scale),
+        panels.append(caption(outline_contours(big, polys.values(), names, (0.0, 0.0), scale),
                               f"{name}: {len(polys)} nuclei", 16))
     return hstack(panels)
 
@@ -148,7 +140,7 @@ def evaluate(model: torch.nn.Module, fold: str | PanNukeFold, limit: int | None 
         if progress:
             progress(min(n, s + batch_size), n)
     scores = pannuke_scores(true_insts, true_cls, pred_insts, pred_cls, tissues, radius=radius, classes=classes)
-    cm = confusion(true_insts, true_cls, pred_insts, pred_cls, radius, classes)
+    cm = confusion(scores, classes)
     picture = None
     if rows:
         shown = [c for c in PANNUKE_TYPE_ORDER[1:] if c in set(cm.index) | {"Dead"}]
