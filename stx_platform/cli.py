@@ -112,6 +112,7 @@ def _label_setup(args):
 
 def cmd_label(args) -> int:
     from stx_platform import storage
+    from stx_platform.build.label_sets import write_label_config
     from stx_platform.labels.pipeline import label_expression
     from stx_platform.labels.table import label_table_url, write_label_table
     from stx_platform.progress import Progress
@@ -133,7 +134,7 @@ def cmd_label(args) -> int:
         counts = res.cells["label"].value_counts().to_dict()
         hits = ", ".join(k for k, v in res.cache_hits.items() if v) or "none"
         say(f"{len(res.clusters)} clusters -> {counts}; cache hits: {hits}; labelled in {res.timings['total']:.2f} s")
-    storage.write_bytes(storage.join(args.out, set_id, "label_config.yaml"), config.to_yaml().encode())
+    write_label_config(storage.join(args.out, set_id), config)
     print(f"label tables: {storage.join(args.out, set_id)}/<sample>.parquet; config: label_config.yaml")
     return 0
 
@@ -196,10 +197,12 @@ def _section_overrides(sets: list[str] | None, section: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _ray_session(args):
-    """Connect to ``--address`` / ``RAY_ADDRESS``, else start a local Ray with ``--num-cpus``, and
-    shut it down afterwards; a Ray already initialised in this process is used as it is. Worker logs
-    stay on the workers: progress comes back through the jobs' own reporting."""
+def _ray_session(args, dashboard: bool = False):
+    """Connect to ``--address`` / ``RAY_ADDRESS``, else start a local Ray with ``--num-cpus`` (and
+    the dashboard when ``dashboard``: Ray's state API behind it lets Ray Train release the resources
+    of a Tune trial that was stopped), and shut it down afterwards; a Ray already initialised in
+    this process is used as it is. Worker logs stay on the workers: progress comes back through the
+    jobs' own reporting."""
     import os
 
     import ray
@@ -210,7 +213,7 @@ def _ray_session(args):
     if args.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=args.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(num_cpus=args.num_cpus, include_dashboard=dashboard, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield
@@ -282,10 +285,45 @@ def _print_epoch(total: int):
     return show
 
 
-def cmd_train(args) -> int:
+def _train_config(args, overrides):
+    """TrainConfig from --preset (auto: cellvit when the Ray cluster has GPUs, else tiny), the
+    config file's train section and the overrides. Needs a Ray session."""
     import ray
 
-    from stx_platform.config_io import apply_overrides, read_section, split_overrides
+    from stx_platform.config_io import read_section
+    from stx_platform.training.config import TrainConfig
+
+    preset = args.preset
+    if preset == "auto":
+        preset = read_section(args.config, "train").get("preset")
+    if preset in (None, "auto"):
+        preset = "cellvit" if ray.cluster_resources().get("GPU", 0) > 0 else "tiny"
+        print(f"preset {preset} ({'GPUs found' if preset == 'cellvit' else 'no GPU in the Ray cluster'}; "
+              "choose with --preset)", flush=True)
+    return TrainConfig.load(args.config, overrides, preset=preset)
+
+
+def _config_label_set(url: str | None) -> str | None:
+    """The label set id of a config file's ``labels:`` section (best_labels.yaml of a sweep), or None."""
+    import yaml
+
+    from stx_platform import storage
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.markers import load_markers
+
+    if not url:
+        return None
+    doc = yaml.safe_load(storage.read_bytes(url)) or {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("labels"), dict):
+        return None
+    config = LabelConfig.load(url)
+    set_id = config.label_set_id(load_markers(config.markers).content_hash())
+    print(f"labels: label set {set_id} from the labels section of {url}", flush=True)
+    return set_id
+
+
+def cmd_train(args) -> int:
+    from stx_platform.config_io import apply_overrides, split_overrides
     from stx_platform.training.config import TrainConfig
     from stx_platform.training.run import read_run_info, run_training
 
@@ -296,15 +334,9 @@ def cmd_train(args) -> int:
             cfg = TrainConfig.model_validate(apply_overrides(dict(info["train"]), overrides))
             dataset, validation, label_set = info["dataset"], info["validation"], info["label_set_id"] or None
         else:
-            preset = args.preset
-            if preset == "auto":
-                preset = read_section(args.config, "train").get("preset")
-            if preset in (None, "auto"):
-                preset = "cellvit" if ray.cluster_resources().get("GPU", 0) > 0 else "tiny"
-                print(f"preset {preset} ({'GPUs found' if preset == 'cellvit' else 'no GPU in the Ray cluster'}; "
-                      "choose with --preset)", flush=True)
-            cfg = TrainConfig.load(args.config, overrides, preset=preset)
-            dataset, validation, label_set = args.dataset, _validation_fold(args.validation), args.label_set
+            cfg = _train_config(args, overrides)
+            dataset, validation = args.dataset, _validation_fold(args.validation)
+            label_set = args.label_set or _config_label_set(args.config)
         print(f"stx train: {cfg.model} ({cfg.preset}), {cfg.epochs} epoch(s) of "
               f"{cfg.samples_per_epoch or 'all'} patches, batch {cfg.batch_size} x {cfg.num_workers} worker(s); "
               f"dataset {dataset}, validation {validation}", flush=True)
@@ -317,6 +349,39 @@ def cmd_train(args) -> int:
           f"{res.tracking_uri})")
     print(f"next:   stx evaluate --checkpoint {res.run_dir} --pannuke {validation}")
     return 0
+
+
+def cmd_tune(args) -> int:
+    from stx_platform.config_io import split_overrides
+    from stx_platform.tuning.config import SweepConfig
+    from stx_platform.tuning.sweep import resume_sweep, run_sweep
+
+    with _ray_session(args, dashboard=True):
+        if args.resume:
+            res = resume_sweep(args.storage, args.name, mlflow_uri=args.mlflow, print_fn=lambda m: print(m, flush=True))
+        else:
+            sweep = SweepConfig.load(args.config, split_overrides(args.set, "tune", default="tune"))
+            labels = _label_config(args, split_overrides(args.set, "labels"))
+            train = _train_config(args, split_overrides(args.set, "train"))
+            res = run_sweep(args.dataset, _validation_fold(args.validation), sweep, train, labels,
+                            storage_url=args.storage, name=args.name, mlflow_uri=args.mlflow,
+                            print_fn=lambda m: print(m, flush=True))
+    print()
+    print(res.summary["table"])
+    if res.interrupted:
+        print(f"\nsweep {res.name} interrupted after {res.seconds:.0f} s; continue it with: "
+              f"stx tune --resume --name {res.name} --storage {args.storage}")
+        return 130
+    print(f"\n{len(res.trials)} trial(s) in {res.seconds:.0f} s; summary: {res.summary['markdown']}, "
+          f"{res.summary['plot']}")
+    if res.best is None:
+        print("no trial reported a validation score", file=sys.stderr)
+        return 3
+    b = res.best
+    print(f"best: trial {b['trial']} val {res.metric} {_fmt(b[res.metric], 4)} -> {res.best_config}")
+    print(f"mlflow: parent run {res.mlflow_run_id} at {res.tracking_uri}")
+    print(f"next:   stx train --config {res.best_config} --dataset <the swept dataset>")
+    return 0 if not res.errors else 3
 
 
 def cmd_evaluate(args) -> int:
@@ -349,10 +414,31 @@ def cmd_evaluate(args) -> int:
 def _label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="label config YAML (defaults: the paper's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. resolution=2")
+    _marker_options(p)
+    p.add_argument("--cache", help="stage-cache URL (default: <out>/_cache for label)")
+
+
+def _marker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--panglaodb", help="PanglaoDB markers TSV you downloaded")
     p.add_argument("--cellmarker", help="CellMarker 2.0 table you downloaded (csv, csv.gz or xlsx)")
     p.add_argument("--cancersea", help="folder of CancerSEA gene-set files")
-    p.add_argument("--cache", help="stage-cache URL (default: <out>/_cache for label)")
+
+
+def _training_options(p: argparse.ArgumentParser, preset_help: str) -> None:
+    """What training reads: the dataset, the validation fold, the preset."""
+    p.add_argument("--dataset", default="stx-data/dataset", help="built dataset URL (stx build --out)")
+    p.add_argument("--validation", help=f"PanNuke-format fold URL (default: {DEFAULT_PANNUKE_OUT}, synthetic, "
+                                        "generated when missing)")
+    p.add_argument("--preset", choices=("auto", "tiny", "cellvit"), default="auto", help=preset_help)
+
+
+def _run_options(p: argparse.ArgumentParser, name_help: str, resume_help: str) -> None:
+    """Where a run is tracked and which Ray runs it."""
+    p.add_argument("--name", help=name_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///stx-data/mlflow.db)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,21 +506,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train CellViT on a built dataset with Ray Train, validating on a PanNuke "
                                       "fold every epoch; tracked in MLflow")
-    tr.add_argument("--dataset", default="stx-data/dataset", help="built dataset URL (stx build --out)")
-    tr.add_argument("--validation", help=f"PanNuke-format fold URL (default: {DEFAULT_PANNUKE_OUT}, synthetic, "
-                                         "generated when missing)")
-    tr.add_argument("--preset", choices=("auto", "tiny", "cellvit"), default="auto",
-                    help="starting settings: cellvit = the paper's GPU recipe, tiny = CPU demo; auto picks by GPU")
-    tr.add_argument("--config", help="YAML with a train: section (or train fields at top level)")
+    _training_options(tr, "starting settings: cellvit = the paper's GPU recipe, tiny = CPU demo; auto picks by GPU")
+    tr.add_argument("--config", help="YAML with a train: section (or train fields at top level); a labels: "
+                                     "section (best_labels.yaml of a sweep) picks that label set")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train field, e.g. epochs=5")
     tr.add_argument("--label-set", help="label set id to train on (default: the labels the dataset was built with)")
     tr.add_argument("--storage", default="stx-data/runs", help="where runs and checkpoints go (folder or s3://)")
-    tr.add_argument("--name", help="run name (default: model-labelset-time); with --resume, the run to continue")
-    tr.add_argument("--resume", action="store_true", help="continue the stopped run --name from its last checkpoint")
-    tr.add_argument("--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///stx-data/mlflow.db)")
-    tr.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    tr.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    _run_options(tr, "run name (default: model-labelset-time); with --resume, the run to continue",
+                 "continue the stopped run --name from its last checkpoint")
     tr.set_defaults(func=cmd_train)
+
+    tu = sub.add_parser("tune", help="Ray Tune sweep over label hyperparameters: each trial relabels the dataset "
+                                     "and trains CellViT, scored on the PanNuke fold; tracked in MLflow")
+    _training_options(tu, "training settings of every trial (auto: cellvit with GPUs, else tiny)")
+    tu.add_argument("--config", help="YAML with tune: (search space, metric, trials), labels: (base label config) "
+                                     "and train: sections")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a field: num_samples=4, metric=macro_f1, space.tau_cancer=[0.1,0.3], "
+                         "train.epochs=3, labels.resolution=3")
+    _marker_options(tu)
+    tu.add_argument("--storage", default="stx-data/sweeps", help="where sweeps go (folder or s3://)")
+    _run_options(tu, "sweep name (default: sweep-time); with --resume, the sweep to continue",
+                 "continue the interrupted sweep --name")
+    tu.set_defaults(func=cmd_tune)
 
     ev = sub.add_parser("evaluate", help="score a trained checkpoint on a PanNuke-format fold (PanNuke metrics, "
                                          "confusion matrix, overlays)")

@@ -31,6 +31,37 @@ def _small_set(tmp_path_factory, layout: str) -> str:
     return out
 
 
+def count_calls(monkeypatch, module, names) -> dict[str, int]:
+    """Count the calls of ``module``'s functions ``names`` (they still run)."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(module, name)
+
+        def counted(*args, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*args, **kw)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def build_small_dataset(out: str, hest_root: str, slides: int = 2) -> list:
+    """Build the first ``slides`` samples of ``hest_root`` into ``out`` with the paper's label config
+    and write the manifest, as ``stx build`` does (without Ray); returns the slide records."""
+    from stx_platform.build import slide as B
+    from stx_platform.build.manifest import write_manifest
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.markers import default_markers
+    from stx_platform.patches.config import PatchConfig
+    from stx_platform.sources import list_samples
+
+    db = default_markers()
+    recs = [B.build_slide(ref, out, PatchConfig(), LabelConfig(), db) for ref in list_samples(hest_root)[:slides]]
+    assert all(r.status == "done" for r in recs), [r.error for r in recs]
+    write_manifest(out, recs, {"source": hest_root, "label_set_id": recs[0].label_set_id,
+                               "patch_config_hash": recs[0].patch_config, "markers_hash": db.content_hash()})
+    return recs
+
+
 @pytest.fixture(scope="session")
 def hest_root(tmp_path_factory) -> str:
     """Three small HEST-layout slides, one per Xenium format generation (modern, v1, bytes)."""

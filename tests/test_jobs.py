@@ -48,5 +48,16 @@ def test_ray_job_submit_against_a_local_head(hest_root, pannuke_dir, tmp_path):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "epoch 1/1" in r.stdout and "preset tiny" in r.stdout
         assert (tmp_path / "runs" / "job" / "checkpoint_epoch_0001" / "model.pt").exists()
+
+        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                            "--working-dir", str(REPO), "--", sys.executable, "jobs/tune.py", "--dataset", str(out),
+                            "--validation", pannuke_dir, "--storage", str(tmp_path / "sweeps"), "--name", "job",
+                            "--mlflow", f"sqlite:///{tmp_path}/mlflow.db", "--set", "search=grid",
+                            "--set", "space={tau_cancer: [0.2]}", "--set", "train.epochs=1",
+                            "--set", "train.samples_per_epoch=8", "--set", "train.val_images=4"],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "finished at epoch 1" in r.stdout and "best: trial" in r.stdout
+        assert "tau_cancer: 0.2" in (tmp_path / "sweeps" / "job" / "best_labels.yaml").read_text()
     finally:
         subprocess.run([str(bindir / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import count_calls
 
 from stx_platform.labels import cluster as C
 from stx_platform.labels.cache import StageCache
@@ -141,14 +142,7 @@ def test_label_expression_recovers_planted_classes_and_writes_the_contract(tmp_p
 def test_relabel_reuses_cached_degs_and_never_reclusters(tmp_path, monkeypatch):
     a, _ = _blobs(n=800)
     db = _planted_db(a)
-    calls = {"leiden": 0, "knn": 0}
-    for name in calls:
-        orig = getattr(C, name)
-
-        def counted(*args, _orig=orig, _name=name, **kw):
-            calls[_name] += 1
-            return _orig(*args, **kw)
-        monkeypatch.setattr(C, name, counted)
+    calls = count_calls(monkeypatch, C, ("leiden", "knn"))
     cache = str(tmp_path / "cache")
     first = label_expression(a, "breast", LabelConfig(resolution=1.0), db, sample_id="S", cache=cache)
     assert calls == {"leiden": 1, "knn": 1} and not any(first.cache_hits.values())

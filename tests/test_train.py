@@ -12,13 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import build_small_dataset
 
 from stx_platform import storage
-from stx_platform.build import slide as B
-from stx_platform.build.manifest import write_manifest
 from stx_platform.cli import main
 from stx_platform.labels.config import LabelConfig
-from stx_platform.labels.markers import default_markers
 from stx_platform.labels.table import (
     label_table_url,
     read_label_table,
@@ -26,14 +24,13 @@ from stx_platform.labels.table import (
     write_label_table,
 )
 from stx_platform.model import CellViTLoss, build_model
-from stx_platform.patches.config import PatchConfig
-from stx_platform.sources import list_samples
 from stx_platform.targets import targets
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
 from stx_platform.training import checkpoint as C
 from stx_platform.training import ingest as I
 from stx_platform.training import validate as V
 from stx_platform.training.config import TrainConfig
+
 
 # a few seconds per epoch on 2 cores
 QUICK = {"samples_per_epoch": 12, "val_images": 4, "val_batch_size": 4, "overlays": 2, "batch_size": 4,
@@ -44,12 +41,7 @@ QUICK = {"samples_per_epoch": 12, "val_images": 4, "val_batch_size": 4, "overlay
 def dataset(hest_root, tmp_path_factory):
     """Two built slides with a manifest as `stx build` writes it, plus a label set ``mostly_unknown``."""
     out = str(tmp_path_factory.mktemp("train_ds"))
-    recs = [B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
-            for ref in list_samples(hest_root)[:2]]
-    assert all(r.status == "done" for r in recs), [r.error for r in recs]
-    write_manifest(out, recs, {"source": hest_root, "label_set_id": recs[0].label_set_id,
-                               "patch_config_hash": recs[0].patch_config, "markers_hash": "m"})
-    for r in recs:
+    for r in build_small_dataset(out, hest_root):
         cells, meta = read_label_table(f"{out}/{r.label_table}")
         cells = cells.copy()
         cells.loc[cells["label"] != "Inflammatory", "label"] = UNKNOWN

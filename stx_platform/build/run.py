@@ -14,6 +14,7 @@ from stx_platform.build.manifest import (
     read_records,
     write_manifest,
 )
+from stx_platform.build.label_sets import write_label_config
 from stx_platform.build.slide import build_slide
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig
@@ -82,6 +83,7 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
     build = {"source": source, "label_set_id": set_id, "label_config": label_config.model_dump(),
              "patch_config_hash": phash, "patch_config": patch_config.model_dump(),
              "markers_hash": db.content_hash(), "seconds": round(time.perf_counter() - t0, 1)}
+    write_label_config(storage.join(out, "labels", set_id), label_config)
     doc = write_manifest(out, records, build)
     print_fn(f"build: {doc['done']} done, {doc['failed']} failed -> {storage.join(out, 'manifest.json')}")
     return doc

@@ -13,14 +13,12 @@ from stx_platform.build.manifest import (
     DONE,
     FAILED,
     SlideRecord,
-    label_path,
     patches_done,
     shard_path,
     write_record,
 )
+from stx_platform.build.label_sets import label_sample
 from stx_platform.labels.config import LabelConfig
-from stx_platform.labels.pipeline import label_expression
-from stx_platform.labels.table import write_label_table
 from stx_platform.patches.config import PatchConfig
 from stx_platform.patches.cut import patches_for_sample
 from stx_platform.patches.schema import schema_for
@@ -57,11 +55,8 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
     try:
         sample = read_sample(ref)
         rec.sample_id, rec.organ, rec.cells = sample.sample_id, sample.organ, sample.n_cells
-        rec.label_table = label_path(set_id, sample.sample_id)
         say(f"labelling {sample.n_cells:,} cells")
-        res = label_expression(sample.expression, sample.organ, label_config, db, sample_id=sample.sample_id,
-                               cache=cache_url or storage.join(out, "_cache"))
-        write_label_table(storage.join(out, rec.label_table), res.to_arrow())
+        rec.label_table, res = label_sample(sample, out, label_config, db, cache_url)
         rec.labels = {k: int(v) for k, v in res.cells["label"].value_counts().items()}
         rec.shard = shard_path(sample.sample_id)
         if patches_done(out, previous, rec.patch_config):

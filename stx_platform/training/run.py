@@ -132,9 +132,15 @@ def check_labels(dataset: str, slides: list[dict], label_set_id: str | None) -> 
 
 def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url: str, name: str | None = None,
                  resume: bool = False, label_set_id: str | None = None, mlflow_uri: str | None = None,
-                 experiment: str = EXPERIMENT, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+                 experiment: str = EXPERIMENT, on_epoch: Callable[[dict], None] | None = None,
+                 mlflow_tags: dict | None = None, mlflow_params: dict | None = None, info: dict | None = None,
+                 callbacks: list | None = None) -> TrainResult:
     """Train CellViT on ``dataset`` (a built dataset URL) with ``label_set_id`` (None: the labels
-    the dataset was built with), validating on the PanNuke fold at ``validation`` every epoch."""
+    the dataset was built with), validating on the PanNuke fold at ``validation`` every epoch.
+
+    ``mlflow_tags``/``mlflow_params`` go to a new MLflow run beside the standard ones (a Tune trial
+    tags its parent run), ``info`` into ``stx_run.json``; ``callbacks`` are extra Ray Train
+    callbacks (a Tune trial passes ``TuneReportCallback``)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -166,17 +172,18 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                                   "or choose another name")
         c = client(uri)
         run = c.create_run(experiment_id(uri, experiment), run_name=name,
-                           tags={"stx.kind": "train", "stx.dataset": dataset, "stx.label_set_id": label_set_id})
+                           tags={"stx.kind": "train", "stx.dataset": dataset, "stx.label_set_id": label_set_id,
+                                 **(mlflow_tags or {})})
         run_id = run.info.run_id
         log_params(uri, run_id, {**{f"train.{k}": v for k, v in cfg.model_dump().items()},
                                  "dataset": dataset, "validation": validation, "label_set_id": label_set_id,
                                  "patch_config_hash": manifest.get("patch_config_hash"),
                                  "markers_hash": manifest.get("markers_hash"), "slides": len(slides),
-                                 "patches": sum(int(s.get("patches", 0)) for s in slides)})
+                                 "patches": sum(int(s.get("patches", 0)) for s in slides), **(mlflow_params or {})})
         c.log_dict(run_id, manifest, "dataset/manifest.json")
         info = {"name": name, "mlflow_run_id": run_id, "tracking_uri": redact(uri), "dataset": dataset,
                 "validation": validation, "label_set_id": label_set_id, "train": cfg.model_dump(mode="json"),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})}
         storage.write_json(storage.join(run_dir, RUN_INFO), info)
 
     ds = training_dataset(dataset, label_override,
@@ -184,7 +191,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                           num_cpus=cfg.ingest_cpus, concurrency=tuple(cfg.ingest_actors),
                           samples_per_epoch=cfg.samples_per_epoch)
     storage_path, storage_fs = storage.arrow_filesystem(storage_url)
-    events = Queue()
+    events = Queue(actor_options={"num_cpus": 0})   # also fits inside a Tune trial's placement group
     run_info = {"dataset": dataset, "validation": validation, "label_set_id": label_set_id, "name": name,
                 "mlflow_run_id": run_id}
     trainer = TorchTrainer(
@@ -198,7 +205,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                          checkpoint_score_attribute="score",
                                                          checkpoint_score_order="max"),
-            callbacks=[_Reporter(uri, run_id, events)]),
+            callbacks=[_Reporter(uri, run_id, events), *(callbacks or ())]),
         datasets={"train": ds})
 
     history: list[dict] = []
