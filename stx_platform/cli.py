@@ -316,7 +316,7 @@ def _config_label_set(url: str | None) -> str | None:
     doc = yaml.safe_load(storage.read_bytes(url)) or {}
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), dict):
         return None
-    config = LabelConfig.load(url)
+    config = LabelConfig.model_validate(doc["labels"])
     set_id = config.label_set_id(load_markers(config.markers).content_hash())
     print(f"labels: label set {set_id} from the labels section of {url}", flush=True)
     return set_id

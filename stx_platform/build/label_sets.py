@@ -63,14 +63,14 @@ def label_built_slide(slide: dict, out: str, config: LabelConfig, db) -> SlideLa
     from stx_platform.sources import read_sample
 
     t0 = time.perf_counter()
-    rel = label_path(config.label_set_id(db.content_hash()), slide["sample_id"])
-    if storage.exists(storage.join(out, rel)):
+    set_id = config.label_set_id(db.content_hash())
+    if storage.exists(storage.join(out, label_path(set_id, slide["sample_id"]))):
         return SlideLabels(slide["sample_id"], False, True, time.perf_counter() - t0, {})
     try:
         _, res = label_sample(read_sample(slide["ref"]), out, config, db)
     except Exception as e:
         raise ValueError(f"labelling slide {slide['sample_id']} ({slide['ref']}) for label set "
-                         f"{config.label_set_id(db.content_hash())}: {type(e).__name__}: {e}") from e
+                         f"{set_id}: {type(e).__name__}: {e}") from e
     counts = {str(k): int(v) for k, v in res.cells["label"].value_counts().items()}
     # the leiden stage is looked up only when the DEGs were not cached; a miss means Leiden ran
     return SlideLabels(slide["sample_id"], res.cache_hits.get("leiden") is False, False,

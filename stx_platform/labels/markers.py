@@ -497,13 +497,18 @@ class MarkerDB:
 
     # ---------------------------------------------------------------- identity, combination
     def content_hash(self) -> str:
-        """First 16 hex digits of a sha256 over the sorted rows and the sorted cancer genes."""
-        h = hashlib.sha256()
-        rows = sorted("\t".join(r) for r in self.table[list(TABLE_COLUMNS)].itertuples(index=False, name=None))
-        h.update("\n".join(rows).encode("utf-8"))
-        h.update(b"\n#cancer\n")
-        h.update("\n".join(sorted(self.cancer_genes)).encode("utf-8"))
-        return h.hexdigest()[:16]
+        """First 16 hex digits of a sha256 over the sorted rows and the sorted cancer genes
+        (computed once: the database is immutable, and every label set id needs it)."""
+        cached = self.__dict__.get("_content_hash")
+        if cached is None:
+            h = hashlib.sha256()
+            rows = sorted("\t".join(r) for r in self.table[list(TABLE_COLUMNS)].itertuples(index=False, name=None))
+            h.update("\n".join(rows).encode("utf-8"))
+            h.update(b"\n#cancer\n")
+            h.update("\n".join(sorted(self.cancer_genes)).encode("utf-8"))
+            cached = h.hexdigest()[:16]
+            object.__setattr__(self, "_content_hash", cached)   # frozen dataclass
+        return cached
 
     @property
     def genes(self) -> frozenset[str]:

@@ -23,6 +23,7 @@ from ray import tune
 
 from stx_platform import storage
 from stx_platform.labels.config import LabelConfig
+from stx_platform.labels.markers import load_markers
 from stx_platform.tracking import client, experiment_id, log_metrics, log_params, redact, tracking_uri
 from stx_platform.training.config import TrainConfig
 from stx_platform.training.run import RUN_INFO, check_inputs, check_resources
@@ -117,10 +118,11 @@ def _last_line(err) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _trainable(ctx: TrialContext):
+def _trainable(ctx: TrialContext, db):
     # the trial actor only waits on its labelling tasks and its TorchTrainer, which hold the CPUs
-    # (Tune refuses a trial without resources, hence a sliver)
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx.model_dump()), {"CPU": TRIAL_CPUS})
+    # (Tune refuses a trial without resources, hence a sliver); the marker database goes to the
+    # trials once, through the object store
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx.model_dump(), db=db), {"CPU": TRIAL_CPUS})
 
 
 def run_sweep(dataset: str, validation: str, sweep: SweepConfig, train: TrainConfig, labels: LabelConfig, *,
@@ -182,6 +184,7 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
     ctx = TrialContext(sweep=name, sweep_dir=sweep_dir, dataset=info["dataset"], validation=info["validation"],
                        labels=info["labels"], train=info["train"], tracking_uri=uri, parent_run_id=parent,
                        cpus_per_slide=sweep.cpus_per_slide)
+    db = load_markers(labels.markers)
     concurrency = sweep.max_concurrent_trials or default_concurrency(train, cluster)
     asha = sweep.early_stopping and train.epochs > sweep.grace_period
     if asha and not resume and not state_api_available():
@@ -193,7 +196,7 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
     if resume and tune.Tuner.can_restore(tune_path, fs):
         print_fn(f"stx tune: resuming sweep {name} ({sweep.trials()} trials; finished ones are kept, unfinished "
                  "and failed ones continue from their last checkpoint)")
-        tuner = tune.Tuner.restore(tune_path, _trainable(ctx), resume_unfinished=True, resume_errored=True,
+        tuner = tune.Tuner.restore(tune_path, _trainable(ctx, db), resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
     else:
         metric = f"val_{sweep.metric}"
@@ -204,7 +207,7 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
         run_config = tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs, verbose=0,
                                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                     callbacks=[_Progress(sweep.metric, train.epochs), *(callbacks or ())])
-        tuner = tune.Tuner(_trainable(ctx), param_space=sweep.param_space(), run_config=run_config,
+        tuner = tune.Tuner(_trainable(ctx, db), param_space=sweep.param_space(), run_config=run_config,
                            tune_config=tune.TuneConfig(
                                metric=metric, mode="max",
                                num_samples=1 if sweep.algorithm == "grid" else sweep.num_samples,

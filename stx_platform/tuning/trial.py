@@ -45,17 +45,14 @@ def trial_labels(ctx: TrialContext, params: dict) -> LabelConfig:
     return LabelConfig.model_validate({**ctx.labels, **params})
 
 
-def run_trial(params: dict, ctx: dict) -> None:
-    """Tune function trainable: relabel, train, report each epoch (through Ray Train's
-    ``TuneReportCallback``)."""
+def run_trial(params: dict, ctx: dict, db) -> None:
+    """Tune function trainable: relabel with the marker database ``db`` (loaded once per sweep),
+    train, report each epoch (through Ray Train's ``TuneReportCallback``)."""
     from ray import tune
-
-    from stx_platform.labels.markers import load_markers
 
     c = TrialContext.model_validate(ctx)
     trial_id = tune.get_context().get_trial_id()
     labels = trial_labels(c, params)
-    db = load_markers(labels.markers)
     t0 = time.perf_counter()
     label_set = add_label_set(c.dataset, labels, db, cpus_per_slide=c.cpus_per_slide)
     run_dir = storage.join(runs_url(c.sweep_dir), trial_id)
