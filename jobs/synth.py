@@ -1,7 +1,10 @@
 """Generate the embedded synthetic default data (HEST-1k layout + a PanNuke-format fold).
 
-Thin wrapper for ``ray job submit --working-dir . -- python jobs/synth.py [stx synth options]``;
-the same as ``stx synth ...`` followed by ``stx synth-pannuke``.
+    python jobs/synth.py                                  # stx-data/hest and stx-data/pannuke, local processes
+    ray job submit --working-dir . -- python jobs/synth.py --out s3://bucket/stx/hest --slides 24 --cells 150000 \
+        --pannuke-out s3://bucket/stx/pannuke/fold3       # one Ray task per slide on the cluster
+
+The same as ``stx synth ...`` (followed by ``stx synth-pannuke`` when no --out is given).
 """
 
 import sys

@@ -22,8 +22,10 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def cmd_synth(args) -> int:
+    import os
+
     from stx_platform.organs import canonical_organ
-    from stx_platform.synth.generate import generate_set, plan
+    from stx_platform.synth.generate import generate_set, generate_set_on_ray, plan
     from stx_platform.synth.organs import RECIPES
 
     organs = tuple(args.organs) if args.organs else None
@@ -43,7 +45,12 @@ def cmd_synth(args) -> int:
               f"{r['transcripts']:>10} transcripts  {r['width_px']}x{r['height_px']} px @ {r['mpp']} um/px "
               f"({r['seconds']} s)", flush=True)
 
-    results = generate_set(args.out, specs, args.layout, args.workers, on_done)
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        with _ray_session(args):
+            print("  one Ray task per slide on the Ray cluster", flush=True)
+            results = generate_set_on_ray(args.out, specs, args.layout, on_done=on_done)
+    else:
+        results = generate_set(args.out, specs, args.layout, args.workers, on_done)
     rows = [{"sample": r["id"], "organ": r["organ"], "format": r["style"], "cells": r["cells"],
              "transcripts": r["transcripts"], **{k[:5]: v for k, v in r["classes"].items()}} for r in results]
     print()
@@ -54,6 +61,8 @@ def cmd_synth(args) -> int:
         print(f"inspect one:           stx inspect '{args.out}#{results[0]['id']}'")
     else:
         print(f"inspect one:           stx inspect {args.out}/{results[0]['id']}")
+    if args.pannuke_out:
+        return cmd_synth_pannuke(argparse.Namespace(out=args.pannuke_out, n=64, seed=args.seed))
     return 0
 
 
@@ -241,7 +250,8 @@ def cmd_build(args) -> int:
             print(f"no source given and {source} is empty: generating the embedded synthetic default there", flush=True)
             cmd_synth(build_parser().parse_args(["synth", "--out", source]))
     with _ray_session(args):
-        manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide)
+        manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide,
+                             max_parallel=args.max_parallel)
     summary = summarise(args.out, manifest)
     print()
     print(summary["markdown"])
@@ -286,10 +296,9 @@ def _print_epoch(total: int):
 
 
 def _train_config(args, overrides):
-    """TrainConfig from --preset (auto: cellvit when the Ray cluster has GPUs, else tiny), the
-    config file's train section and the overrides. Needs a Ray session."""
-    import ray
-
+    """TrainConfig from --preset (auto: cellvit when the Ray cluster has GPUs or its autoscaler may
+    add them, else tiny), the config file's train section and the overrides. Needs a Ray session."""
+    from stx_platform.capacity import capacity
     from stx_platform.config_io import read_section
     from stx_platform.training.config import TrainConfig
 
@@ -297,9 +306,9 @@ def _train_config(args, overrides):
     if preset == "auto":
         preset = read_section(args.config, "train").get("preset")
     if preset in (None, "auto"):
-        preset = "cellvit" if ray.cluster_resources().get("GPU", 0) > 0 else "tiny"
-        print(f"preset {preset} ({'GPUs found' if preset == 'cellvit' else 'no GPU in the Ray cluster'}; "
-              "choose with --preset)", flush=True)
+        preset = "cellvit" if capacity().get("GPU", 0) > 0 else "tiny"
+        why = "GPUs in the Ray cluster or its autoscaler" if preset == "cellvit" else "no GPU in the Ray cluster"
+        print(f"preset {preset} ({why}; choose with --preset)", flush=True)
     return TrainConfig.load(args.config, overrides, preset=preset)
 
 
@@ -459,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cells", type=int, default=DEFAULT_CELLS, help="cells per slide (>= 200; 200000 for benchmarks)")
     s.add_argument("--layout", choices=("hest", "xenium"), default="hest")
     s.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
+    s.add_argument("--address", help="Ray cluster to generate on, one task per slide (default: RAY_ADDRESS, "
+                                     "else local processes)")
+    s.add_argument("--pannuke-out", help="also write a synthetic PanNuke-format validation fold (64 images) here")
     s.set_defaults(func=cmd_synth)
 
     sp = sub.add_parser("synth-pannuke", help="write a synthetic PanNuke-format validation fold")
@@ -499,7 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--out", default="stx-data/dataset", help="dataset URL (folder or s3://)")
     bd.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     bd.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    bd.add_argument("--cpus-per-slide", type=float, default=1.0)
+    bd.add_argument("--cpus-per-slide", type=float, default=1.0, help="CPUs each slide task holds (default 1)")
+    bd.add_argument("--max-parallel", type=int, default=None,
+                    help="slides built at once (default: as many as the cluster's CPUs hold, counting what its "
+                         "autoscaler may add)")
     bd.add_argument("--mlflow", help="MLflow tracking URI to log the build to (default: MLFLOW_TRACKING_URI)")
     _label_options(bd)
     bd.set_defaults(func=cmd_build)

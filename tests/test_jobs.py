@@ -1,63 +1,147 @@
-"""Jobs through `ray job submit` against a local head node (`ray start --head`), as on a cluster.
+"""The jobs as README's "Scaling out" gives them, through `ray job submit` against a local head
+node set up as cluster.yaml sets up its head: the MLflow server command from cluster.yaml (its
+artifacts on S3) and MLFLOW_TRACKING_URI in the environment of `ray start`. Data, runs and
+sweeps live on S3 (a moto server on 127.0.0.1). The README's commands run verbatim, with sizes
+appended that fit 2 CPUs (argparse keeps the last value of a repeated option).
 
 Kept in its own module: `ray stop` ends every Ray on the machine, so no other test's Ray may be
 running when it does (module-scoped Ray fixtures elsewhere are torn down by then)."""
 
-import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-
-from stx_platform.sources import list_samples
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+JOBS = ("synth", "build_dataset", "train", "tune")
+
+#: Appended to each README command so that it fits this machine.
+FIT_2_CPUS = {
+    "synth": ["--slides", "2", "--cells", "1500"],
+    "build_dataset": [],
+    "train": ["--preset", "tiny", "--set", "num_workers=1", "--set", "ingest_cpus=0.5", "--set", "ingest_actors=[1,2]",
+              "--set", "epochs=1", "--set", "samples_per_epoch=8", "--set", "val_images=4"],
+    "tune": ["--preset", "tiny", "--set", "search=grid", "--set", "space={tau_cancer: [0.2]}",
+             "--set", "train.num_workers=1", "--set", "train.epochs=1", "--set", "train.samples_per_epoch=8",
+             "--set", "train.val_images=4"],
+}
+
+
+def readme_jobs() -> dict[str, str]:
+    """job name -> its `ray job submit` line in README's Scaling out section."""
+    section = (REPO / "README.md").read_text().split("## Scaling out")[1].split("\n## ")[0]
+    cmds = [ln.strip() for ln in section.splitlines() if ln.strip().startswith("ray job submit")]
+    return {re.search(r"jobs/(\w+)\.py", c).group(1): c for c in cmds}
+
+
+def cluster_mlflow_server(port: int, home: Path, bucket: str) -> str:
+    """cluster.yaml's MLflow server command, on loopback, a free port, a test home and bucket."""
+    head = " ".join(yaml.safe_load((REPO / "cluster.yaml").read_text())["head_start_ray_commands"])
+    cmd = re.search(r"(mlflow server [^>]*?)\s*>", head).group(1)
+    cmd = cmd.replace("--host 0.0.0.0", "--host 127.0.0.1").replace("--port 5000", f"--port {port}")
+    cmd = cmd.replace("$HOME", str(home)).replace("s3://YOUR-BUCKET", bucket)
+    assert f"--port {port}" in cmd and str(home) in cmd and bucket in cmd, cmd
+    return cmd
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_readme_gives_every_job_and_each_takes_address():
+    assert set(readme_jobs()) == set(JOBS)
+    for job in JOBS:
+        r = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "--address" in r.stdout, (job, r.stdout[-2000:] + r.stderr[-2000:])
+
+
+@pytest.fixture
+def head_node(s3_server, tmp_path):
+    """A local head with cluster.yaml's MLflow server; yields (env for the job CLI, MLflow URI)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
+    env.pop("RAY_ADDRESS", None)
+    (tmp_path / "home" / "mlflow").mkdir(parents=True)
+    port = _free_port()
+    server = subprocess.Popen(["bash", "-c", "exec " + cluster_mlflow_server(port, tmp_path / "home", s3_server)],
+                              env=env, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow.log").read_text()[-2000:]
+                time.sleep(0.5)
+        dash = "8291"
+        subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", "6391", "--dashboard-host", "127.0.0.1",
+                        "--dashboard-port", dash, "--disable-usage-stats"], check=True, capture_output=True,
+                       env={**env, "MLFLOW_TRACKING_URI": uri}, timeout=180)
+        # Ray >= 2.59 turns token authentication on for local clusters; the job CLI sends the token
+        # (from ~/.ray/auth_token) when told to
+        yield {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, uri
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow
-def test_ray_job_submit_against_a_local_head(hest_root, pannuke_dir, tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
-    bindir = Path(sys.executable).parent
-    port = "6391"
-    dash = "8291"
-    subprocess.run([str(bindir / "ray"), "start", "--head", "--num-cpus", "2", "--port", port,
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", dash, "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    # Ray >= 2.59 turns token authentication on for local clusters; the job CLI sends the token
-    # (from ~/.ray/auth_token) when told to
-    env["RAY_AUTH_MODE"] = "token"
-    try:
-        out = tmp_path / "ds"
-        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                            "--working-dir", str(REPO), "--", sys.executable, "jobs/build_dataset.py",
-                            "--source", list_samples(hest_root)[0], "--out", str(out)],
-                           capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert "1 done, 0 failed" in r.stdout
-        assert json.loads((out / "manifest.json").read_text())["done"] == 1
+def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
+    import fsspec
 
-        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                            "--working-dir", str(REPO), "--", sys.executable, "jobs/train.py", "--dataset", str(out),
-                            "--validation", pannuke_dir, "--storage", str(tmp_path / "runs"), "--name", "job",
-                            "--mlflow", f"sqlite:///{tmp_path}/mlflow.db", "--set", "epochs=1",
-                            "--set", "samples_per_epoch=8", "--set", "val_images=4"],
-                           capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert "epoch 1/1" in r.stdout and "preset tiny" in r.stdout
-        assert (tmp_path / "runs" / "job" / "checkpoint_epoch_0001" / "model.pt").exists()
+    from stx_platform.sources import list_samples
+    from stx_platform.tracking import client
 
-        r = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                            "--working-dir", str(REPO), "--", sys.executable, "jobs/tune.py", "--dataset", str(out),
-                            "--validation", pannuke_dir, "--storage", str(tmp_path / "sweeps"), "--name", "job",
-                            "--mlflow", f"sqlite:///{tmp_path}/mlflow.db", "--set", "search=grid",
-                            "--set", "space={tau_cancer: [0.2]}", "--set", "train.epochs=1",
-                            "--set", "train.samples_per_epoch=8", "--set", "train.val_images=4"],
-                           capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert "finished at epoch 1" in r.stdout and "best: trial" in r.stdout
-        assert "tau_cancer: 0.2" in (tmp_path / "sweeps" / "job" / "best_labels.yaml").read_text()
-    finally:
-        subprocess.run([str(bindir / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    env, uri = head_node
+    data = f"{s3_server}/jobs"
+    cmds = readme_jobs()
+
+    def submit(job: str) -> str:
+        r = subprocess.run(["bash", "-c", cmds[job] + ' "$@"', "job", *FIT_2_CPUS[job]], cwd=REPO,
+                           env={**env, "DATA": data}, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, (job, r.stdout[-3000:] + r.stderr[-3000:])
+        return r.stdout
+
+    out = submit("synth")
+    assert "one Ray task per slide on the Ray cluster" in out and "wrote 2 slide(s)" in out
+    assert len(list_samples(f"{data}/hest")) == 2
+    assert "wrote 64 images" in out
+
+    out = submit("build_dataset")
+    assert "2 done, 0 failed" in out
+
+    out = submit("train")
+    assert "epoch 1/1" in out and "preset tiny" in out and f"at {uri}" in out
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    assert fs.glob(f"{data}/runs/*/checkpoint_epoch_0001/model.pt".removeprefix("s3://"))
+
+    out = submit("tune")
+    assert "finished at epoch 1" in out and "best: trial" in out
+    [best] = fs.glob(f"{data}/sweeps/*/best_labels.yaml".removeprefix("s3://"))
+    assert "tau_cancer: 0.2" in fs.cat(best).decode()
+
+    # every run reached the cluster's MLflow server, and their artifacts its S3 destination
+    c = client(uri)
+    train_runs = c.search_runs([c.get_experiment_by_name("stx-train").experiment_id])
+    assert [r.info.status for r in train_runs] == ["FINISHED"] and "val_mPQ" in train_runs[0].data.metrics
+    tune_runs = c.search_runs([c.get_experiment_by_name("stx-tune").experiment_id])
+    assert len(tune_runs) == 2  # the sweep's parent run and its one trial
+    assert fs.glob(f"{s3_server}/stx/mlflow/**".removeprefix("s3://"))

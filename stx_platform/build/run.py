@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from stx_platform import storage
+from stx_platform import capacity, storage
 from stx_platform.build.manifest import (
     DONE,
     SlideRecord,
@@ -39,9 +39,18 @@ class SlideBuilder:
         return {"record": rec.to_json()}
 
 
+def slide_workers(slides: int, cpus_per_slide: float, max_parallel: int | None = None) -> int:
+    """Slides built at once: ``max_parallel`` when given, else as many as the cluster's CPUs
+    hold (counting what its autoscaler may add), never more than there are slides."""
+    if max_parallel is None:
+        max_parallel = int(capacity.capacity().get("CPU", 0) // cpus_per_slide)
+    return max(1, min(slides, max_parallel))
+
+
 def run_build(source: str, out: str, patch_config: PatchConfig, label_config: LabelConfig,
-              cpus_per_slide: float = 1.0, print_fn=print) -> dict:
-    """Build (or resume) a dataset; returns the manifest document."""
+              cpus_per_slide: float = 1.0, max_parallel: int | None = None, print_fn=print) -> dict:
+    """Build (or resume) a dataset; returns the manifest document. On an autoscaling cluster
+    the slide workers are asked for up front and the request withdrawn at the end."""
     import ray
 
     from stx_platform.labels.markers import load_markers
@@ -67,19 +76,25 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # one line per finished slide instead (below)
         ctx.print_on_execution_start = False
+        workers = slide_workers(len(rows), cpus_per_slide, max_parallel)
+        asked = capacity.request([{"CPU": cpus_per_slide}] * workers)
+        if asked:
+            print_fn(f"build: asked the autoscaler for {workers} slide worker(s) x {cpus_per_slide:g} CPU")
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide,
-                    concurrency=(1, max(1, min(len(rows), int(ray.available_resources().get("CPU", 1)
-                                                          // cpus_per_slide) or 1))),
+        ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide, concurrency=(1, workers),
                     fn_constructor_kwargs={"out": out, "patch_config": patch_config.model_dump(),
                                            "label_config": label_config.model_dump(),
                                            "previous": {k: v.to_json() for k, v in previous.items()}})
-        for i, row in enumerate(ds.iter_rows(), 1):
-            rec = SlideRecord(**row["record"])
-            records.append(rec)
-            what = (f"{rec.patches} patches, {rec.nuclei} nuclei, {rec.cells} cells {rec.labels}"
-                    if rec.status == DONE else f"FAILED: {rec.error.splitlines()[0]}")
-            print_fn(f"  [{i}/{len(rows)}] {rec.sample_id}: {what} ({rec.seconds:.1f} s)")
+        try:
+            for i, row in enumerate(ds.iter_rows(), 1):
+                rec = SlideRecord(**row["record"])
+                records.append(rec)
+                what = (f"{rec.patches} patches, {rec.nuclei} nuclei, {rec.cells} cells {rec.labels}"
+                        if rec.status == DONE else f"FAILED: {rec.error.splitlines()[0]}")
+                print_fn(f"  [{i}/{len(rows)}] {rec.sample_id}: {what} ({rec.seconds:.1f} s)")
+        finally:
+            if asked:
+                capacity.request([])
     build = {"source": source, "label_set_id": set_id, "label_config": label_config.model_dump(),
              "patch_config_hash": phash, "patch_config": patch_config.model_dump(),
              "markers_hash": db.content_hash(), "seconds": round(time.perf_counter() - t0, 1)}

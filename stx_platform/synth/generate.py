@@ -91,5 +91,28 @@ def generate_set(out: str, specs: list[SlideSpec], layout: str = "hest", workers
     return [results[s.sample_id] for s in specs]
 
 
+def generate_set_on_ray(out: str, specs: list[SlideSpec], layout: str = "hest", cpus_per_slide: float = 1.0,
+                        on_done: Callable[[dict], None] | None = None) -> list[dict]:
+    """``generate_set`` with one Ray task per slide on the connected cluster (e.g. to write a large
+    synthetic set straight to a bucket from a cluster's CPU workers). The caller owns ``ray.init``."""
+    import ray
+
+    from stx_platform import storage
+
+    if layout not in ("hest", "xenium"):
+        raise ValueError("layout must be 'hest' or 'xenium'")
+    task = ray.remote(_build_one).options(num_cpus=cpus_per_slide)
+    out = storage.absolute(out)
+    pending = [task.remote(s, out, layout, max(1, int(cpus_per_slide))) for s in specs]
+    results: dict[str, dict] = {}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        r = ray.get(ready[0])
+        results[r["id"]] = r
+        if on_done:
+            on_done(r)
+    return [results[s.sample_id] for s in specs]
+
+
 def known_organs() -> list[str]:
     return list(RECIPES)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ray.train import UserCallback
 
 from stx_platform import storage
+from stx_platform.capacity import capacity
 from stx_platform.build.manifest import done_slides
 from stx_platform.tracking import (
     client,
@@ -157,7 +158,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     label_override = label_set_id if label_set_id and label_set_id != manifest.get("label_set_id") else None
     check_labels(dataset, slides, label_override)
     label_set_id = label_set_id or manifest.get("label_set_id", "")
-    cluster = ray.cluster_resources()
+    cluster = capacity()
     check_resources(cfg, cluster)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.get("GPU", 0) > 0
     uri = tracking_uri(mlflow_uri)

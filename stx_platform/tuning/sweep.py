@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ray import tune
 
 from stx_platform import storage
+from stx_platform.capacity import capacity
 from stx_platform.labels.config import LabelConfig
 from stx_platform.labels.markers import load_markers
 from stx_platform.tracking import client, experiment_id, log_metrics, log_params, redact, tracking_uri
@@ -174,12 +175,10 @@ def resume_sweep(storage_url: str, name: str | None, *, mlflow_uri: str | None =
 
 
 def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callbacks, t0: float) -> SweepResult:
-    import ray
-
     _Progress.out = staticmethod(print_fn)
     sweep, train = SweepConfig.model_validate(info["tune"]), TrainConfig.model_validate(info["train"])
     labels, name, parent = LabelConfig.model_validate(info["labels"]), info["name"], info["mlflow_run_id"]
-    cluster = ray.cluster_resources()
+    cluster = capacity()
     check_resources(train, cluster)
     ctx = TrialContext(sweep=name, sweep_dir=sweep_dir, dataset=info["dataset"], validation=info["validation"],
                        labels=info["labels"], train=info["train"], tracking_uri=uri, parent_run_id=parent,

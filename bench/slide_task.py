@@ -1,0 +1,113 @@
+"""Benchmark: one slide task of `stx build` (read -> label -> cut patches), its time per stage and
+the peak memory a Ray worker needs for it, in a fresh process on one thread, as a slide task with
+1 CPU runs on a cluster (Ray sets OMP_NUM_THREADS to the task's CPUs).
+
+The task runs the functions `build_slide` runs (read_sample, label_sample, write_shard) in a
+child process; after each stage it reports the process's peak resident memory so far (ru_maxrss),
+so the last figure is the task's peak. The slide is synthesised first, in another process, unless --slide
+names one.
+
+    python bench/slide_task.py --cells 500000          # synthesise a 500k-cell slide, then measure
+    python bench/slide_task.py --slide /tmp/hest#BENCH000
+    python bench/slide_task.py --cells 20000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def task(ref: str, out: str) -> dict:
+    """The slide task's stages, timed, with the process's peak memory after each."""
+    from stx_platform.build.label_sets import label_sample
+    from stx_platform.build.manifest import shard_path
+    from stx_platform.build.slide import write_shard
+    from stx_platform import storage
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.markers import load_markers
+    from stx_platform.patches.config import PatchConfig
+    from stx_platform.progress import Progress
+    from stx_platform.sources import read_sample
+
+    stages = {"imports": {"seconds": 0.0, "peak_gb": peak_gb()}}
+    config = LabelConfig()
+    db = load_markers(config.markers)
+
+    def stage(name, fn):
+        t = time.perf_counter()
+        value = fn()
+        stages[name] = {"seconds": round(time.perf_counter() - t, 1), "peak_gb": round(peak_gb(), 2)}
+        return value
+
+    sample = stage("read", lambda: read_sample(ref))
+    _, res = stage("label", lambda: label_sample(sample, out, config, db))
+    patches, nuclei = stage("patch", lambda: write_shard(storage.join(out, shard_path(sample.sample_id)), sample,
+                                                         PatchConfig(), Progress(None)))
+    return {"cells": sample.n_cells, "genes": int(sample.expression.n_vars), "clusters": len(res.clusters),
+            "patches": patches, "nuclei": nuclei, "stages": stages,
+            "label_stages": {k: round(v, 1) for k, v in res.timings.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=500_000, help="cells of the synthetic slide (without --slide)")
+    ap.add_argument("--organ", default="breast")
+    ap.add_argument("--slide", help="measure this sample (ROOT#ID or a Xenium bundle) instead")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS/numba threads of the task (its CPUs)")
+    ap.add_argument("--keep", help="keep the synthetic slide in this folder")
+    ap.add_argument("--child", nargs=2, metavar=("REF", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(task(*args.child)))
+        return
+
+    work = tempfile.mkdtemp(prefix="stx-bench-slide-")
+    try:
+        ref = args.slide
+        if ref is None:
+            root = args.keep or os.path.join(work, "hest")
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "stx_platform.cli", "synth", "--out", root, "--slides", "1",
+                            "--cells", str(args.cells), "--organs", args.organ, "--workers", "1"], check=True,
+                           stdout=subprocess.DEVNULL)
+            from stx_platform.sources import list_samples
+
+            ref = list_samples(root)[0]
+            print(f"synthesised {ref} ({args.cells:,} cells) in {time.perf_counter() - t:.0f} s", flush=True)
+        env = {**os.environ, **{v: str(args.threads) for v in THREAD_VARS}}
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, __file__, "--child", ref, os.path.join(work, "dataset")], env=env,
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            sys.exit(f"slide task failed:\n{r.stderr[-3000:]}")
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"\nslide task on {args.threads} thread(s): {res['cells']:,} cells x {res['genes']} genes, "
+              f"{res['clusters']} clusters, {res['patches']:,} patches, {res['nuclei']:,} nuclei")
+        print(f"{'stage':<8} {'seconds':>8} {'peak RSS GB':>12}")
+        for name, s in res["stages"].items():
+            print(f"{name:<8} {s['seconds']:>8.1f} {s['peak_gb']:>12.2f}")
+        print(f"{'task':<8} {wall:>8.1f} {res['stages']['patch']['peak_gb']:>12.2f}   (the task's process, "
+              "start-up included)")
+        print("label stages (s): " + ", ".join(f"{k} {v}" for k, v in res["label_stages"].items()))
+        print(f"patches/s in the patch stage: {res['patches'] / max(res['stages']['patch']['seconds'], 1e-9):.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
