@@ -44,6 +44,15 @@ def count_calls(monkeypatch, module, names) -> dict[str, int]:
     return calls
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def build_small_dataset(out: str, hest_root: str, slides: int = 2) -> list:
     """Build the first ``slides`` samples of ``hest_root`` into ``out`` with the paper's label config
     and write the manifest, as ``stx build`` does (without Ray); returns the slide records."""
@@ -88,10 +97,7 @@ def s3_server():
     """A moto S3 server on 127.0.0.1; s3fs finds it through AWS_ENDPOINT_URL."""
     from moto.server import ThreadedMotoServer
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",

@@ -10,7 +10,6 @@ running when it does (module-scoped Ray fixtures elsewhere are torn down by then
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,14 +53,6 @@ def cluster_mlflow_server(port: int, home: Path, bucket: str) -> str:
     return cmd
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_readme_gives_every_job_and_each_takes_address():
     assert set(readme_jobs()) == set(JOBS)
     for job in JOBS:
@@ -76,7 +68,7 @@ def head_node(s3_server, tmp_path):
            "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
     env.pop("RAY_ADDRESS", None)
     (tmp_path / "home" / "mlflow").mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["bash", "-c", "exec " + cluster_mlflow_server(port, tmp_path / "home", s3_server)],
                               env=env, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)

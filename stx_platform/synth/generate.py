@@ -66,11 +66,15 @@ def _build_one(spec: SlideSpec, out: str, layout: str, threads: int = 1) -> dict
     return res
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in ("hest", "xenium"):
+        raise ValueError("layout must be 'hest' or 'xenium'")
+
+
 def generate_set(out: str, specs: list[SlideSpec], layout: str = "hest", workers: int | None = None,
                  on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Build and write every slide; slides run in parallel processes. Returns summaries in plan order."""
-    if layout not in ("hest", "xenium"):
-        raise ValueError("layout must be 'hest' or 'xenium'")
+    _check_layout(layout)
     cpus = workers or os.cpu_count() or 1
     workers = max(1, min(cpus, len(specs)))
     threads = max(1, cpus // workers)  # spare cores render the H&E of each slide in threads
@@ -99,8 +103,7 @@ def generate_set_on_ray(out: str, specs: list[SlideSpec], layout: str = "hest", 
 
     from stx_platform import storage
 
-    if layout not in ("hest", "xenium"):
-        raise ValueError("layout must be 'hest' or 'xenium'")
+    _check_layout(layout)
     task = ray.remote(_build_one).options(num_cpus=cpus_per_slide)
     out = storage.absolute(out)
     pending = [task.remote(s, out, layout, max(1, int(cpus_per_slide))) for s in specs]
