@@ -4,7 +4,8 @@
     ray job submit --working-dir . -- python jobs/synth.py --out s3://bucket/stx/hest --slides 24 --cells 150000 \
         --pannuke-out s3://bucket/stx/pannuke/fold3       # one Ray task per slide on the cluster
 
-The same as ``stx synth ...`` (followed by ``stx synth-pannuke`` when no --out is given).
+The same as ``stx synth ...`` (with ``--pannuke-out stx-data/pannuke`` when neither --out nor --pannuke-out
+is given).
 """
 
 import sys
@@ -12,11 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stx_platform.cli import main  # noqa: E402
+from stx_platform.cli import DEFAULT_PANNUKE_OUT, main  # noqa: E402
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    rc = main(["synth", *argv])
-    if rc == 0 and "--out" not in argv:
-        rc = main(["synth-pannuke"])
-    sys.exit(rc)
+    if "--out" not in argv and "--pannuke-out" not in argv:
+        argv += ["--pannuke-out", DEFAULT_PANNUKE_OUT]
+    sys.exit(main(["synth", *argv]))

@@ -62,7 +62,8 @@ def cmd_synth(args) -> int:
     else:
         print(f"inspect one:           stx inspect {args.out}/{results[0]['id']}")
     if args.pannuke_out:
-        return cmd_synth_pannuke(argparse.Namespace(out=args.pannuke_out, n=64, seed=args.seed))
+        return cmd_synth_pannuke(build_parser().parse_args(["synth-pannuke", "--out", args.pannuke_out,
+                                                            "--seed", str(args.seed)]))
     return 0
 
 
