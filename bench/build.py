@@ -29,6 +29,7 @@ def cut(ref: str, out: str) -> int:
 def main() -> None:
     import ray
 
+    from stx_platform.ray_session import ray_session
     from stx_platform.sources import list_samples
     from stx_platform.synth.generate import generate_set, plan
 
@@ -41,22 +42,21 @@ def main() -> None:
         src = f"{tmp}/hest"
         generate_set(src, plan(args.slides, seed=3, cells=args.cells), layout="hest")
         refs = list_samples(src)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        task = ray.remote(num_cpus=1)(cut)
-        ray.get(task.remote(refs[0], f"{tmp}/warm"))  # worker start-up and imports
-        results = {}
-        for workers in (1, 2):
-            out = f"{tmp}/out{workers}"
-            t = time.perf_counter()
-            if workers == 1:
-                n = sum(ray.get(task.remote(r, out)) for r in refs)
-            else:
-                n = sum(ray.get([task.remote(r, out) for r in refs]))
-            dt = time.perf_counter() - t
-            results[workers] = (n, dt)
-            print(f"{workers} worker(s): {n} patches in {dt:.1f} s = {n / dt:.0f} patches/s "
-                  f"= {n / dt / workers:.0f} patches/s/core", flush=True)
-        ray.shutdown()
+        with ray_session(num_cpus=2, join_env=False):
+            task = ray.remote(num_cpus=1)(cut)
+            ray.get(task.remote(refs[0], f"{tmp}/warm"))  # worker start-up and imports
+            results = {}
+            for workers in (1, 2):
+                out = f"{tmp}/out{workers}"
+                t = time.perf_counter()
+                if workers == 1:
+                    n = sum(ray.get(task.remote(r, out)) for r in refs)
+                else:
+                    n = sum(ray.get([task.remote(r, out) for r in refs]))
+                dt = time.perf_counter() - t
+                results[workers] = (n, dt)
+                print(f"{workers} worker(s): {n} patches in {dt:.1f} s = {n / dt:.0f} patches/s "
+                      f"= {n / dt / workers:.0f} patches/s/core", flush=True)
         print(f"speed-up 1 -> 2 workers: x{results[1][1] / results[2][1]:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

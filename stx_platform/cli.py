@@ -208,27 +208,13 @@ def _section_overrides(sets: list[str] | None, section: str) -> list[str]:
 
 @contextlib.contextmanager
 def _ray_session(args, dashboard: bool = False):
-    """Connect to ``--address`` / ``RAY_ADDRESS``, else start a local Ray with ``--num-cpus`` (and
-    the dashboard when ``dashboard``: Ray's state API behind it lets Ray Train release the resources
-    of a Tune trial that was stopped), and shut it down afterwards; a Ray already initialised in
-    this process is used as it is. Worker logs stay on the workers: progress comes back through the
-    jobs' own reporting."""
-    import os
+    """The command's Ray (see :func:`stx_platform.ray_session.ray_session`): ``--address`` /
+    ``RAY_ADDRESS``, else a private local Ray with ``--num-cpus``. Worker logs stay on the
+    workers: progress comes back through the jobs' own reporting."""
+    from stx_platform.ray_session import ray_session
 
-    import ray
-
-    if ray.is_initialized():
+    with ray_session(args.address, getattr(args, "num_cpus", None), dashboard=dashboard):
         yield
-        return
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=dashboard, log_to_driver=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def cmd_build(args) -> int:

@@ -1,15 +1,31 @@
 """Shared fixtures: small synthetic datasets (built once per session), a real S3-compatible
-server on loopback (moto), and the real reference files in ../shared/ when present."""
+server on loopback (moto), the real reference files in ../shared/ when present, and Ray kept
+apart from every other Ray on the machine.
+
+Every Ray the suite starts keeps its files under one private folder (``RAY_TMPDIR``), and a
+``RAY_ADDRESS`` exported in the caller's shell does not send the suite to the caller's cluster.
+A bystander head, started with ``ray start`` as README's users start one, runs through the whole
+session with its address where ``ray.init()`` without an address would find and join it; at the
+end it must still be alive and no driver may have joined it."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+os.environ.pop("RAY_ADDRESS", None)
+os.environ["RAY_TMPDIR"] = RAY_TMPDIR = tempfile.mkdtemp(prefix="stx-", dir="/tmp")  # short: Ray's socket paths
 SHARED = Path(os.environ.get("STX_SHARED_DIR", REPO.parent / "shared"))
 MARKERS = SHARED / "data" / "markers"
 REAL_HE = SHARED / "data" / "real" / "he_histo_300x500.jpg"
@@ -51,6 +67,77 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+class RayHead:
+    """A Ray head started by ``ray start --head --block`` on free ports. :meth:`stop` signals that
+    one ``ray start`` process, whose handler stops its node's processes and nothing else (its
+    children also die with it: Ray ties their fate to it); never ``ray stop``, which ends every
+    Ray on the machine."""
+
+    def __init__(self, log: Path, env: dict | None = None, num_cpus: int = 1, dashboard: bool = False,
+                 temp_dir: str | None = None, timeout: float = 180):
+        self.log = log
+        self.temp_dir = temp_dir or os.path.join(RAY_TMPDIR, "ray")  # ray start's default, under RAY_TMPDIR
+        self.dashboard_port = free_port() if dashboard else None
+        ports = ["--port", free_port(), "--ray-client-server-port", free_port(),
+                 "--dashboard-agent-listen-port", free_port()]
+        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", num_cpus, "--disable-usage-stats",
+               f"--include-dashboard={str(dashboard).lower()}", *ports]
+        if dashboard:
+            cmd += ["--dashboard-host", "127.0.0.1", "--dashboard-port", self.dashboard_port]
+        if temp_dir:
+            cmd += ["--temp-dir", temp_dir]
+        env = {**(os.environ if env is None else env), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        self.proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while "block forever" not in log.read_text():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        self.address = (Path(self.temp_dir) / "ray_current_cluster").read_text().strip()
+        self.logs = Path(os.path.realpath(Path(self.temp_dir) / "session_latest")) / "logs"
+
+    def alive(self) -> bool:
+        """``ray start --block`` still runs (it exits when any of its processes dies unexpectedly)
+        and the GCS accepts connections (``ray stop`` ends it)."""
+        host, port = self.address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError:
+            return False
+        return self.proc.poll() is None
+
+    def drivers(self) -> list[str]:
+        """The drivers that have joined this cluster (each leaves its core-driver log in its logs)."""
+        return sorted(p.name for p in self.logs.glob("python-core-driver-*"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bystander_head(tmp_path_factory):
+    """Another Ray on the machine, as a user's ``ray start --head`` leaves one: the suite must
+    neither join nor stop it."""
+    head = RayHead(tmp_path_factory.mktemp("bystander") / "ray-start.log")
+    yield head
+    alive, drivers = head.alive(), head.drivers()
+    head.stop()
+    assert alive, f"the bystander Ray head died during the suite:\n{head.log.read_text()[-3000:]}"
+    assert not drivers, f"drivers joined the bystander Ray head: {drivers}"
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
 
 
 def build_small_dataset(out: str, hest_root: str, slides: int = 2) -> list:
@@ -121,9 +208,7 @@ def s3_server():
 def local_ray(s3_server):
     """A local Ray (2 CPUs) started after the S3 settings are in the environment, which its workers
     inherit (as on a laptop; on a cluster the nodes' own credentials apply)."""
-    import ray
+    from stx_platform.ray_session import ray_session
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
+    with ray_session(num_cpus=2, join_env=False) as session:
+        yield session

@@ -12,16 +12,15 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import BIN, REPO, RAY_TMPDIR, RayHead, free_port
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 JOBS = ("synth", "build_dataset", "train", "tune")
 
 #: Appended to each README command so that it fits this machine.
@@ -73,6 +72,7 @@ def head_node(s3_server, tmp_path):
                               env=env, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
+    head = None
     try:
         deadline = time.time() + 120
         while True:
@@ -82,15 +82,14 @@ def head_node(s3_server, tmp_path):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow.log").read_text()[-2000:]
                 time.sleep(0.5)
-        dash = "8291"
-        subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", "6391", "--dashboard-host", "127.0.0.1",
-                        "--dashboard-port", dash, "--disable-usage-stats"], check=True, capture_output=True,
-                       env={**env, "MLFLOW_TRACKING_URI": uri}, timeout=180)
+        head = RayHead(tmp_path / "ray-start.log", env={**env, "MLFLOW_TRACKING_URI": uri}, num_cpus=2,
+                       dashboard=True, temp_dir=tempfile.mkdtemp(prefix="head-", dir=RAY_TMPDIR))
         # Ray >= 2.59 turns token authentication on for local clusters; the job CLI sends the token
         # (from ~/.ray/auth_token) when told to
-        yield {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, uri
+        yield {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"http://127.0.0.1:{head.dashboard_port}"}, uri
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        if head:
+            head.stop()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 

@@ -42,12 +42,10 @@ def dataset(hest_root, tmp_path_factory):
 def ray_dashboard():
     """A local Ray (2 CPUs) with its dashboard, as ``stx tune`` starts one: Ray Train frees the
     workers of a stopped trial through the state API behind it."""
-    import ray
+    from stx_platform.ray_session import ray_session
 
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with ray_session(num_cpus=2, dashboard=True, join_env=False) as session:
+        yield session.address
 
 
 def _train() -> TrainConfig:

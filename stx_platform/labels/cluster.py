@@ -53,25 +53,49 @@ EXACT_KNN_BELOW = 8192
 
 def knn(pcs: np.ndarray, k: int = 15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours, self first, euclidean: (indices, distances), n x k. Exact below
-    ``EXACT_KNN_BELOW`` cells, else NN-descent with UMAP's settings (as scanpy calls it)."""
+    ``EXACT_KNN_BELOW`` cells (:func:`exact_knn`), else NN-descent with UMAP's settings (as
+    scanpy calls it)."""
     n = len(pcs)
     k = min(k, n)
     if n < EXACT_KNN_BELOW:
-        d2 = (pcs ** 2).sum(1)[:, None] - 2 * pcs @ pcs.T + (pcs ** 2).sum(1)[None, :]
-        np.fill_diagonal(d2, -1)
-        idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        dd = np.take_along_axis(d2, idx, 1)
-        order = np.argsort(dd, 1)
-        idx = np.take_along_axis(idx, order, 1)
-        dist = np.sqrt(np.maximum(np.take_along_axis(dd, order, 1), 0))
-        dist[:, 0] = 0
-        return idx, dist.astype(np.float32)
+        return exact_knn(pcs, k)
     from pynndescent import NNDescent
 
     index = NNDescent(pcs, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
                       n_trees=min(64, 5 + round(n ** 0.5 / 20.0)), n_iters=max(5, round(np.log2(n))))
     idx, dist = index.neighbor_graph
     return idx[:, :k], dist[:, :k]
+
+
+def exact_knn(pcs: np.ndarray, k: int, block: int = 1024, spare: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours, self first, then by distance and, for equal distances, by
+    index: ties never depend on the BLAS kernel's rounding.
+
+    Candidates come from |a|^2 - 2ab + |b|^2 in float64 (a matrix product, in row blocks of
+    ``block`` cells); the ``k - 1 + spare`` nearest other cells' distances are then recomputed
+    directly as the sum of squared differences, which gives equal points bit-equal distances,
+    and ordered by (distance, index). Near-ties closer than the rounding of ``pcs`` itself
+    (float32 PCA scores, ~1e-7 relative) are still decided by that rounding."""
+    x = np.asarray(pcs, np.float64)
+    n = len(x)
+    k = min(k, n)
+    m = min(k - 1 + spare, n - 1)
+    sq = (x ** 2).sum(1)
+    idx = np.empty((n, k), np.int64)
+    dist = np.zeros((n, k), np.float32)
+    idx[:, 0] = np.arange(n)
+    if k == 1:
+        return idx, dist
+    for lo in range(0, n, block):
+        rows = np.arange(lo, min(lo + block, n))
+        d2 = sq[rows, None] - 2 * x[rows] @ x.T + sq[None, :]
+        d2[np.arange(len(rows)), rows] = np.inf  # self goes first, whatever its duplicates
+        cand = np.argpartition(d2, m - 1, axis=1)[:, :m]
+        exact = ((x[cand] - x[rows, None, :]) ** 2).sum(-1)
+        order = np.lexsort((cand, exact), axis=1)[:, :k - 1]
+        idx[rows, 1:] = np.take_along_axis(cand, order, 1)
+        dist[rows, 1:] = np.sqrt(np.take_along_axis(exact, order, 1))
+    return idx, dist
 
 
 def fuzzy_connectivities(idx: np.ndarray, dist: np.ndarray, n_iter: int = 64) -> sp.csr_matrix:
