@@ -2,10 +2,9 @@
 node set up as cluster.yaml sets up its head: the MLflow server command from cluster.yaml (its
 artifacts on S3) and MLFLOW_TRACKING_URI in the environment of `ray start`. Data, runs and
 sweeps live on S3 (a moto server on 127.0.0.1). The README's commands run verbatim, with sizes
-appended that fit 2 CPUs (argparse keeps the last value of a repeated option).
-
-Kept in its own module: `ray stop` ends every Ray on the machine, so no other test's Ray may be
-running when it does (module-scoped Ray fixtures elsewhere are torn down by then)."""
+appended that fit 2 CPUs (argparse keeps the last value of a repeated option). The head runs on
+free ports in its own temp dir and is stopped alone (never `ray stop`, which ends every Ray on
+the machine)."""
 
 import os
 import re
@@ -49,7 +48,7 @@ def cluster_mlflow_server(port: int, home: Path, bucket: str) -> str:
     cmd = cmd.replace("--host 0.0.0.0", "--host 127.0.0.1").replace("--port 5000", f"--port {port}")
     cmd = cmd.replace("$HOME", str(home)).replace("s3://YOUR-BUCKET", bucket)
     assert f"--port {port}" in cmd and str(home) in cmd and bucket in cmd, cmd
-    return cmd
+    return cmd + " --workers 1"  # one server process of its default 4 fits 2 CPUs
 
 
 def test_readme_gives_every_job_and_each_takes_address():
