@@ -10,6 +10,7 @@ end it must still be alive and no driver may have joined it."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_TMPDIR"] = RAY_TMPDIR = tempfile.mkdtemp(prefix="stx-", dir="/tmp")  # short: Ray's socket paths
+atexit.register(shutil.rmtree, RAY_TMPDIR, True)  # in every process that made one (xdist's too)
 SHARED = Path(os.environ.get("STX_SHARED_DIR", REPO.parent / "shared"))
 MARKERS = SHARED / "data" / "markers"
 REAL_HE = SHARED / "data" / "real" / "he_histo_300x500.jpg"
@@ -134,10 +136,6 @@ def bystander_head(tmp_path_factory):
     head.stop()
     assert alive, f"the bystander Ray head died during the suite:\n{head.log.read_text()[-3000:]}"
     assert not drivers, f"drivers joined the bystander Ray head: {drivers}"
-
-
-def pytest_unconfigure(config):
-    shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
 
 
 def build_small_dataset(out: str, hest_root: str, slides: int = 2) -> list:
