@@ -71,6 +71,16 @@ def free_port() -> int:
     return port
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the test process dies, so a killed suite leaves no head."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class RayHead:
     """A Ray head started by ``ray start --head --block`` on free ports. :meth:`stop` signals that
     one ``ray start`` process, whose handler stops its node's processes and nothing else (its
@@ -92,7 +102,8 @@ class RayHead:
             cmd += ["--temp-dir", temp_dir]
         env = {**(os.environ if env is None else env), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         self.proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         deadline = time.time() + timeout
         while "block forever" not in log.read_text():
             if self.proc.poll() is not None or time.time() > deadline:

@@ -17,7 +17,7 @@ def _readme_commands() -> list[str]:
 def test_readme_opens_with_install_run_and_install_test():
     run, test = _readme_commands()[:2]
     assert "pip install" in run and "jobs/build_dataset.py" in run and "jobs/train.py" in run
-    assert "pip install" in test and ".[test]" in test and test.rstrip().endswith("pytest -q -n 2")
+    assert "pip install" in test and ".[test]" in test and test.rstrip().endswith("pytest -q -n 2 --dist loadfile")
 
 
 def test_ci_installs_from_scratch_and_runs_the_readme_test_command():
