@@ -6,7 +6,7 @@ names (a head started with ``ray start``, or one killed without cleanup) and the
 ``num_cpus``. A local run here asks for ``address="local"`` (always a new cluster: its GCS,
 dashboard and agents on free ports) in its own temp dir, so it neither joins another Ray nor
 touches its files (``ray_current_cluster``, ``session_latest``), and ``ray.shutdown()`` stops
-exactly the processes it started. Never ``ray stop``: that ends every Ray on the machine.
+exactly the processes it started (never the CLI's stop-everything, which ends every Ray on the machine).
 
 Ray's state API (which Ray Train uses to tell whether its controller is alive, and then frees
 its placement group) finds its cluster the same way as ``ray.init()``, not by the connection it
@@ -35,16 +35,6 @@ class RaySession:
     temp_dir: str | None = None
 
 
-def ray_temp_base() -> str:
-    """Where Ray keeps its files by default (``RAY_TMPDIR``, else ``TMPDIR`` on Linux, else /tmp):
-    short paths, since Ray's Unix sockets live there (at most 107 characters)."""
-    if os.environ.get("RAY_TMPDIR"):
-        return os.environ["RAY_TMPDIR"]
-    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
-        return os.environ["TMPDIR"]
-    return "/tmp" if os.name == "posix" else tempfile.gettempdir()
-
-
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
                 join_env: bool = True, say: Callable[[str], None] | None = None) -> Iterator[RaySession]:
@@ -57,6 +47,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, dashboa
     block ends normally and kept, with its logs, when it raises (``say`` tells where).
     """
     import ray
+    from ray._common.utils import get_default_system_temp_dir
+    from ray._private.utils import write_ray_address
 
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if ray.is_initialized():
@@ -69,18 +61,20 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, dashboa
             say(f"note: --num-cpus applies to a local Ray only; joining the cluster at {join}")
         ray.init(address=join, log_to_driver=False)
     else:
-        os.makedirs(ray_temp_base(), exist_ok=True)
-        base = tempfile.mkdtemp(prefix="stx-ray-", dir=ray_temp_base())
+        # where Ray keeps its files by default (RAY_TMPDIR, TMPDIR on Linux, /tmp): short socket paths
+        os.makedirs(get_default_system_temp_dir(), exist_ok=True)
+        base = tempfile.mkdtemp(prefix="stx-ray-", dir=get_default_system_temp_dir())
         saved_tmpdir = os.environ.get("RAY_TMPDIR")
         os.environ["RAY_TMPDIR"] = base  # inherited by the raylet and so by every worker
+        temp_dir = os.path.join(base, "ray")
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False,
-                     logging_level="ERROR", _temp_dir=os.path.join(base, "ray"))
+                     logging_level="ERROR", _temp_dir=temp_dir)
         except BaseException:
             _restore_tmpdir(saved_tmpdir)
+            shutil.rmtree(base, ignore_errors=True)
             raise
-        with open(os.path.join(base, "ray", "ray_current_cluster"), "w") as f:
-            f.write(ray.get_runtime_context().gcs_address)
+        write_ray_address(ray.get_runtime_context().gcs_address, temp_dir)
     ray.data.DataContext.get_current().enable_progress_bars = False
     session = RaySession(ray.get_runtime_context().gcs_address, local=not join, temp_dir=base)
     ok = False

@@ -84,8 +84,8 @@ def _die_with_parent() -> None:
 class RayHead:
     """A Ray head started by ``ray start --head --block`` on free ports. :meth:`stop` signals that
     one ``ray start`` process, whose handler stops its node's processes and nothing else (its
-    children also die with it: Ray ties their fate to it); never ``ray stop``, which ends every
-    Ray on the machine."""
+    children also die with it: Ray ties their fate to it); never the CLI's stop-everything command,
+    which ends every Ray on the machine."""
 
     def __init__(self, log: Path, env: dict | None = None, num_cpus: int = 1, dashboard: bool = False,
                  temp_dir: str | None = None, timeout: float = 180):
@@ -115,7 +115,7 @@ class RayHead:
 
     def alive(self) -> bool:
         """``ray start --block`` still runs (it exits when any of its processes dies unexpectedly)
-        and the GCS accepts connections (``ray stop`` ends it)."""
+        and the GCS accepts connections (a machine-wide stop would have ended it)."""
         host, port = self.address.rsplit(":", 1)
         try:
             socket.create_connection((host, int(port)), timeout=5).close()

@@ -3,8 +3,8 @@ node set up as cluster.yaml sets up its head: the MLflow server command from clu
 artifacts on S3) and MLFLOW_TRACKING_URI in the environment of `ray start`. Data, runs and
 sweeps live on S3 (a moto server on 127.0.0.1). The README's commands run verbatim, with sizes
 appended that fit 2 CPUs (argparse keeps the last value of a repeated option). The head runs on
-free ports in its own temp dir and is stopped alone (never `ray stop`, which ends every Ray on
-the machine)."""
+free ports in its own temp dir and is stopped alone, leaving every other Ray on the machine
+running."""
 
 import os
 import re
