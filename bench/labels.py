@@ -9,7 +9,7 @@ each run, sampled every 10 ms) of
 the adjusted Rand index between stx's clusters and each recipe's, beside the ARI of each recipe
 with itself under another Leiden seed (the noise floor: Leiden at r = 4 is not stable), the
 share of cells that get the same label from stx's clusters as from the recipe's, and the time
-of a relabel (new top-N / tau_vote) on a stage-cache hit. Both sides are warmed up first (numba compiles
+of a relabel (new top-N / tau_vote / alpha) on a stage-cache hit. Both sides are warmed up first (numba compiles
 pynndescent once per process), so times are steady-state. Expression: synthetic breast slides.
 
     python bench/labels.py                     # 20k, 100k and 200k cells
@@ -74,15 +74,15 @@ def reseeded(a: ad.AnnData, flavor: str) -> np.ndarray:
 
 
 def labels_from(a: ad.AnnData, clusters: np.ndarray, db) -> np.ndarray:
-    """The paper's labels (default config) from given clusters: how much the clustering matters."""
+    """The default method's labels from given clusters: how much the clustering matters."""
     from stx_platform.labels.cluster import normalise_log1p
     from stx_platform.labels.config import LabelConfig
-    from stx_platform.labels.degs import top_genes, wilcoxon_scores
-    from stx_platform.labels.vote import classify_clusters
+    from stx_platform.labels.degs import cluster_moments, wilcoxon_scores
+    from stx_platform.labels.vote import label_clusters
 
-    cfg = LabelConfig()
-    z = wilcoxon_scores(normalise_log1p(a.X), clusters)
-    table = classify_clusters(top_genes(z, a.var_names, max(cfg.top_n, cfg.top_m)), "breast", db, cfg)
+    X = normalise_log1p(a.X)
+    table = label_clusters(wilcoxon_scores(X, clusters), a.var_names, "breast", db, LabelConfig(),
+                           cluster_moments(X, clusters))
     return table["label"].to_numpy()[clusters]
 
 
@@ -135,7 +135,7 @@ def relabel_time(a: ad.AnnData) -> tuple[float, float]:
     label_expression(a, "breast", LabelConfig(), db, cache=cache)
     first = time.perf_counter() - t
     t = time.perf_counter()
-    r = label_expression(a, "breast", LabelConfig(top_n=8, tau_vote=4.0, tau_cancer=0.3), db, cache=cache)
+    r = label_expression(a, "breast", LabelConfig(top_n=8, tau_vote=4.0, cancer_alpha=0.01), db, cache=cache)
     assert r.cache_hits.get("degs"), r.cache_hits
     return first, time.perf_counter() - t
 

@@ -5,6 +5,7 @@ import pytest
 from conftest import MARKERS, need
 
 from stx_platform.cli import main
+from stx_platform.labels.compare import METHOD_ORDER
 from stx_platform.labels.table import read_label_table
 from stx_platform.sources import list_samples, read_sample
 from stx_platform.taxonomy import LABEL_CLASSES
@@ -23,7 +24,7 @@ def test_label_writes_one_table_per_slide_and_relabels_from_cache(hest_root, tmp
         assert meta["label_set_id"] == set_id and meta["config"]["resolution"] == 4.0
     assert "cache hits: none" in text
     # a threshold-only change: new label set, DEGs from the cache
-    assert main(["label", "--sample", refs[0], "--out", out, "--set", "tau_cancer=0.4"]) == 0
+    assert main(["label", "--sample", refs[0], "--out", out, "--set", "cancer_alpha=0.01"]) == 0
     text = capsys.readouterr().out
     assert "cache hits: degs" in text and set_id not in text.split("label set ")[1].split()[0]
 
@@ -34,17 +35,20 @@ def test_label_eval_writes_table3_and_the_method_beats_every_baseline(hest_root,
     md = (out / "table3.md").read_text()
     rows = {ln.split("|")[1].strip(): float(ln.split("|")[2]) for ln in md.splitlines()
             if ln.startswith("| ") and not ln.startswith("| Model")}
-    assert set(rows) == {"TopDown", "UCell", "AUCell", "CellAssign", "w/o Hier", "Ours"}
-    assert all(rows["Ours"] > v for k, v in rows.items() if k != "Ours"), rows
+    assert list(rows) == list(METHOD_ORDER)
+    assert {"Paper", "Paper w/o Hier", "Ours w/o shared lineages", "Ours w/o cancer test"} <= set(rows)
+    # the default beats every baseline and the paper's rules
+    assert all(rows["Ours"] > rows[k] for k in ("TopDown", "UCell", "AUCell", "CellAssign", "Paper",
+                                                "Paper w/o Hier")), rows
     assert (out / "confusion.png").stat().st_size > 10_000
     per = pd.read_csv(out / "per_sample.csv")
-    assert len(per) == 3 * 6
+    assert len(per) == 3 * len(METHOD_ORDER)
 
 
 def test_label_eval_with_the_real_marker_databases(hest_root, tmp_path):
     need(MARKERS / "PanglaoDB_markers_27_Mar_2020.tsv")
     out = tmp_path / "eval"
-    assert main(["label-eval", "--samples", hest_root, "--out", str(out), "--methods", "w/o Hier", "Ours",
+    assert main(["label-eval", "--samples", hest_root, "--out", str(out), "--methods", "Paper", "Ours",
                  "--panglaodb", str(MARKERS / "PanglaoDB_markers_27_Mar_2020.tsv")]) == 0
     assert "PanglaoDB" in (out / "table3.md").read_text()
 

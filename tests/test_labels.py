@@ -41,9 +41,16 @@ class StubDB:
     def __init__(self, votes: dict, organ_votes: dict | None = None, cancer=()):
         self._v, self._o, self.cancer = votes, organ_votes or {}, set(cancer)
 
-    def votes(self, genes, organ):
-        src = self._o if organ else self._v
+    def votes(self, genes, organ, shared=False):
+        src = ({**self._v, **self._o} if shared else self._o) if organ else self._v
         return np.array([src.get(g, [0, 0, 0, 0]) for g in genes], float).reshape(len(genes), 4)
+
+    @property
+    def cancer_genes(self):
+        return {g.upper() for g in self.cancer}
+
+    def cancer_genes_beyond_lineage(self, organ):
+        return {g for g in self.cancer_genes if self.votes([g], organ, shared=True)[0, 0] < 0.5}
 
     def cancer_overlap(self, genes):
         return sum(g in self.cancer for g in genes) / max(len(genes), 1)
@@ -180,9 +187,10 @@ def _planted_db(a):
     return StubDB(v, cancer={f"G{8 + j}" for j in range(8)})
 
 
-def test_label_expression_recovers_planted_classes_and_writes_the_contract(tmp_path):
+@pytest.mark.parametrize("method", ["improved", "paper"])
+def test_label_expression_recovers_planted_classes_and_writes_the_contract(tmp_path, method):
     a, grp = _blobs()
-    res = label_expression(a, "breast", LabelConfig(resolution=1.0), _planted_db(a), sample_id="S1")
+    res = label_expression(a, "breast", LabelConfig(resolution=1.0, method=method), _planted_db(a), sample_id="S1")
     want = np.array([EPITHELIAL, NEOPLASTIC, INFLAMMATORY, CONNECTIVE, UNKNOWN])[grp]
     assert (res.cells["label"].to_numpy() == want).mean() > 0.97
     table = res.to_arrow()
@@ -201,8 +209,9 @@ def test_relabel_reuses_cached_degs_and_never_reclusters(tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     first = label_expression(a, "breast", LabelConfig(resolution=1.0), db, sample_id="S", cache=cache)
     assert calls == {"leiden": 1, "knn": 1} and not any(first.cache_hits.values())
-    for change in ({"top_n": 5}, {"tau_vote": 2.0}, {"tau_cancer": 0.5}, {"rank_weighting": False},
-                   {"hierarchy": False}, {"top_m": 10}):
+    for change in ({"top_n": 5}, {"tau_vote": 2.0}, {"cancer_alpha": 0.001}, {"rank_weighting": False},
+                   {"hierarchy": False}, {"top_m": 10}, {"min_z": 4.0}, {"shared_lineages": False},
+                   {"method": "paper"}, {"method": "paper", "tau_cancer": 0.5}):
         r = label_expression(a, "breast", LabelConfig(resolution=1.0, **change), db, sample_id="S", cache=cache)
         assert r.cache_hits["degs"] and r.meta["label_set_id"] != first.meta["label_set_id"]
     assert calls == {"leiden": 1, "knn": 1}

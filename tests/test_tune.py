@@ -57,10 +57,10 @@ def _train() -> TrainConfig:
 def test_sweep_config_defaults_yaml_overrides_and_errors(tmp_path):
     d = SweepConfig()
     assert (d.metric, d.num_samples, d.early_stopping) == ("mPQ", 8, True)
-    assert set(d.space) == {"resolution", "top_n", "top_m", "tau_vote", "tau_cancer", "rank_weighting", "hierarchy"}
-    paper = LabelConfig()
-    for name, spec in d.space.items():   # every range/list holds the paper's value
-        v = getattr(paper, name)
+    assert set(d.space) == {"resolution", "top_n", "top_m", "tau_vote", "min_z", "cancer_alpha", "hierarchy"}
+    default = LabelConfig()
+    for name, spec in d.space.items():   # every range/list holds the default's value
+        v = getattr(default, name)
         assert v in spec if isinstance(spec, list) else spec.low <= v <= spec.high, name
 
     f = tmp_path / "sweep.yaml"

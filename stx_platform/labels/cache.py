@@ -3,9 +3,10 @@
 Stages and keys (each key hashes its inputs, so a changed input can never hit a stale entry):
   graph   <- expression fingerprint, n_pcs, n_neighbors, seed     (normalise, PCA, kNN, connectivities)
   leiden  <- graph key, resolution, seed                           (clusters)
-  degs    <- leiden key                                            (Wilcoxon z-scores, clusters x genes)
-Voting needs only the DEGs, so a relabel that changes N, M, tau_vote, tau_cancer, rank
-weighting or the hierarchy reads one small file. Entries are ``.npz`` files read with
+  degs    <- leiden key                                            (Wilcoxon z-scores and per-cluster
+                                                                    expression moments, clusters x genes)
+Voting needs only the DEGs, so a relabel that changes the method, N, M, tau_vote, z_min, alpha,
+tau_cancer, rank weighting or the hierarchy reads one small file. Entries are ``.npz`` files read with
 ``allow_pickle=False``, written atomically.
 """
 

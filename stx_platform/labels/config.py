@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,9 +28,13 @@ class MarkerSources(BaseModel):
 
 
 class LabelConfig(BaseModel):
-    """The paper's label generation (Sec. 4.1) with its defaults (Sec. 5, implementation details)."""
+    """Label generation: the paper's (Sec. 4.1, defaults of Sec. 5) with ``method: paper``, or the
+    default ``improved`` method, which keeps its shape (clusters, DEGs, marker votes, hierarchy,
+    Unknown) and fixes its failure modes on real slides; each fix is an option below (ignored by
+    ``method: paper``), and :data:`ABLATIONS` switches them off one at a time."""
 
     model_config = ConfigDict(extra="forbid")
+    method: Literal["improved", "paper"] = Field("improved", description="'paper': the paper's rules exactly")
     # clustering
     resolution: float = Field(4.0, gt=0, description="Leiden resolution r")
     n_pcs: int = Field(50, ge=2, description="principal components for the kNN graph")
@@ -46,7 +50,32 @@ class LabelConfig(BaseModel):
     top_m: int = Field(20, ge=1, description="top-M DEGs checked against the cancer gene set")
     tau_cancer: float = Field(0.25, ge=0, le=1, description="overlap ratio above which a cluster is Neoplastic")
     markers: MarkerSources = MarkerSources()
+    # the improved method's fixes (method: improved)
+    shared_lineages: bool = Field(True, description="organ votes include the organ-agnostic entries (immune "
+                                  "cells, vessels, stroma, muscle, fat belong to every organ)")
+    up_markers: bool = Field(True, description="the top-N voting genes are the cluster's most up-regulated "
+                             "genes (z >= min_z) that the database knows, not its top-N genes of any kind")
+    skip_state_genes: bool = Field(True, description="cell-cycle, interferon and stress genes (cell states of "
+                                   "every lineage) never vote for a lineage (up_markers)")
+    specificity: bool = Field(True, description="weight each voting gene by its class specificity (1 - "
+                              "normalised entropy of its class shares) and skip genes below min_specificity "
+                              "(up_markers)")
+    min_specificity: float = Field(0.2, ge=0, le=1, description="least class specificity of a voting gene")
+    effect_weights: bool = Field(True, description="weigh each voter by its z against the strongest voter's "
+                                 "instead of by rank: a gene barely up (spill-over from neighbours) does not "
+                                 "outvote the cluster's own marker (up_markers)")
+    min_z: float = Field(2.0, ge=0, description="Wilcoxon z a gene needs to count as up-regulated in a cluster")
+    cancer_test: bool = Field(True, description="Neoplastic when the top-M up-regulated genes hold more "
+                              "cancer genes (beyond the organ's epithelial markers) than the panel gives by "
+                              "chance (minimum-hypergeometric p < cancer_alpha)")
+    cancer_within_epithelium: bool = Field(True, description="also test the cancer genes an epithelial cluster "
+                                           "up-regulates against the slide's least cancer-like epithelium "
+                                           "(tumour against normal epithelium), not only against all cells")
+    cancer_alpha: float = Field(0.05, gt=0, lt=1, description="significance of the cancer-gene enrichment")
 
+    IMPROVED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "shared_lineages", "up_markers", "skip_state_genes", "specificity", "min_specificity", "effect_weights",
+        "min_z", "cancer_test", "cancer_within_epithelium", "cancer_alpha")
     CLUSTER_FIELDS: ClassVar[tuple[str, ...]] = ("n_pcs", "n_neighbors", "seed", "resolution")
 
     @classmethod
@@ -59,6 +88,21 @@ class LabelConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
     def label_set_id(self, markers_hash: str) -> str:
-        """Stable name of the label set: a hash of every setting and of the marker database's content."""
-        payload = json.dumps({"config": self.model_dump(exclude={"markers"}), "markers": markers_hash}, sort_keys=True)
+        """Stable name of the label set: a hash of every setting that decides the labels and of the
+        marker database's content (``method: paper`` ignores the improved method's options)."""
+        exclude = {"markers"} | (set(self.IMPROVED_FIELDS) if self.method == "paper" else set())
+        payload = json.dumps({"config": self.model_dump(exclude=exclude), "markers": markers_hash}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+#: The improved method with one fix switched back to the paper's rule: Table 3's ablation rows.
+ABLATIONS: dict[str, dict] = {
+    "w/o shared lineages": {"shared_lineages": False},
+    "w/o up-regulated markers": {"up_markers": False},
+    "w/o state-gene exclusion": {"skip_state_genes": False},
+    "w/o specificity weights": {"specificity": False},
+    "w/o effect weights": {"effect_weights": False},
+    "w/o cancer test": {"cancer_test": False},
+    "w/o epithelial contrast": {"cancer_within_epithelium": False},
+    "w/o Hier": {"hierarchy": False},
+}

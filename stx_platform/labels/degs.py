@@ -8,6 +8,8 @@ non-zero entries plus its zeros times the shared zero rank.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -50,3 +52,34 @@ def top_genes(scores: np.ndarray, genes: np.ndarray | list[str], n: int) -> list
     genes = np.asarray(genes, dtype=object)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
     return [list(genes[o]) for o in order]
+
+
+class ClusterMoments(NamedTuple):
+    """Per cluster: cell count ``n`` (K,), sums and sums of squares (K x G) of the log-normalised
+    expression: enough for any contrast between groups of clusters without the matrix."""
+
+    n: np.ndarray
+    sums: np.ndarray
+    sumsq: np.ndarray
+
+
+def cluster_moments(X: sp.spmatrix, clusters: np.ndarray) -> ClusterMoments:
+    K = int(clusters.max()) + 1
+    onehot = sp.csr_matrix((np.ones(len(clusters)), (clusters, np.arange(len(clusters)))), shape=(K, len(clusters)))
+    X = sp.csr_matrix(X, dtype=np.float64)
+    return ClusterMoments(np.bincount(clusters, minlength=K).astype(np.float64),
+                          np.asarray((onehot @ X).todense()), np.asarray((onehot @ X.multiply(X)).todense()))
+
+
+def group_contrast(m: ClusterMoments, k: int, others: np.ndarray) -> np.ndarray:
+    """Welch t per gene of cluster ``k`` against the cells of the clusters ``others`` pooled."""
+    n1, n2 = m.n[k], m.n[others].sum()
+    if n1 < 2 or n2 < 2:
+        return np.zeros(m.sums.shape[1])
+    mu1, mu2 = m.sums[k] / n1, m.sums[others].sum(0) / n2
+    v1 = np.maximum(m.sumsq[k] / n1 - mu1 ** 2, 0) * n1 / (n1 - 1)
+    v2 = np.maximum(m.sumsq[others].sum(0) / n2 - mu2 ** 2, 0) * n2 / (n2 - 1)
+    se = np.sqrt(v1 / n1 + v2 / n2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (mu1 - mu2) / se
+    return np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)

@@ -439,11 +439,16 @@ class MarkerDB:
         object.__setattr__(self, "cancer_genes", frozenset(g for g in _clean_genes(self.cancer_genes) if g))
 
     # ---------------------------------------------------------------- votes
-    def _vote_matrix(self, organ: str | None) -> tuple[dict[str, int], np.ndarray]:
-        key = organ
+    def _vote_matrix(self, organ: str | None, shared: bool = False) -> tuple[dict[str, int], np.ndarray]:
+        key = (organ, shared and organ is not None)
         hit = self._cache.get(key)
         if hit is None:
-            t = self.table if organ is None else self.table[self.table["organ"] == organ]
+            t = self.table
+            if organ is not None:
+                own = t["organ"] == organ
+                if shared:  # the lineages every organ has; not neurons, germ or embryonic cells
+                    own |= (t["organ"] == "") & (t["coarse"] != UNKNOWN)
+                t = t[own]
             d = t[["gene", "cell_type", "coarse"]].drop_duplicates()
             counts = d.groupby(["gene", "coarse"]).size().unstack(fill_value=0)
             counts = counts.reindex(columns=list(VOTE_CLASSES), fill_value=0)
@@ -456,16 +461,19 @@ class MarkerDB:
             self._cache[key] = hit
         return hit
 
-    def votes(self, genes: Sequence[str], organ: str | None = None) -> np.ndarray:
+    def votes(self, genes: Sequence[str], organ: str | None = None, shared: bool = False) -> np.ndarray:
         """``(len(genes), 4)`` float64 over :data:`VOTE_CLASSES`: for each gene, the share of the
         distinct cell types it marks that belong to each class.
 
         A gene listed for 3 epithelial and 1 inflammatory cell type gets ``[0.75, 0.25, 0, 0]``;
         cell types are counted once however many rows (organs, sources) repeat them, so the rows
         sum to 1 for a gene with entries and are 0 for a gene without. ``organ=None`` uses the
-        whole database; an organ key (or alias) uses only that organ's entries. Case-insensitive.
+        whole database; an organ key (or alias) uses only that organ's entries, or with ``shared``
+        that organ's and the organ-agnostic ones of the scored lineages (``organ == ""`` and not
+        Unknown: the immune cells, vessels, stroma that every organ has, not the neurons or germ
+        cells that PanglaoDB files under no organ). Case-insensitive.
         """
-        index, mat = self._vote_matrix(_organ_key(organ))
+        index, mat = self._vote_matrix(_organ_key(organ), shared)
         zero = len(mat) - 1
         rows = [index.get(str(g).strip().upper(), zero) for g in genes]
         return mat[rows] if rows else np.zeros((0, len(VOTE_CLASSES)))
@@ -487,6 +495,21 @@ class MarkerDB:
             j = VOTE_CLASSES.index(c)
             out[c] = [g for g, s in zip(uniq, v[:, j]) if s > 0 and s >= min_share]
         return out
+
+    def cancer_genes_beyond_lineage(self, organ: str | None) -> frozenset[str]:
+        """The cancer genes that do not mark the organ's normal epithelium: those whose votes (the
+        organ's entries and the organ-agnostic ones; the whole database for no organ) are not at
+        least half Epithelial. Against all cells of a slide, ESR1 or KRT5 up in a cluster say
+        "breast epithelium", not "cancer", however many cancer gene sets list them."""
+        key = ("beyond", _organ_key(organ))
+        hit = self._cache.get(key)
+        if hit is None:
+            genes = sorted(self.cancer_genes)
+            v = self.votes(genes, organ, shared=True) if genes else np.zeros((0, len(VOTE_CLASSES)))
+            epi = v[:, VOTE_CLASSES.index(EPITHELIAL)] if len(genes) else np.zeros(0)
+            hit = frozenset(g for g, e in zip(genes, epi) if e < 0.5)
+            self._cache[key] = hit
+        return hit
 
     def cancer_overlap(self, genes: Sequence[str]) -> float:
         """Fraction of the given genes (as given, repeats included) that are in the cancer set; 0 for none."""
@@ -795,3 +818,11 @@ def default_markers() -> MarkerDB:
     rep.cancer_genes = len(cancer)
     object.__setattr__(db, "report", MappingReport([rep]))
     return db
+
+
+@functools.lru_cache(maxsize=1)
+def state_genes() -> frozenset[str]:
+    """Cell-state genes (cell cycle, interferon response, immediate-early / heat shock) that cells
+    of every lineage switch on (``stx_platform/data/markers/state_genes.txt``): no lineage evidence."""
+    txt = importlib.resources.files("stx_platform") / "data" / "markers" / "state_genes.txt"
+    return frozenset(ln.split("#", 1)[0].strip().upper() for ln in txt.read_text("utf-8").splitlines()) - {""}

@@ -14,9 +14,9 @@ from stx_platform import __version__
 from stx_platform.labels import cluster as C
 from stx_platform.labels.cache import StageCache, fingerprint, stage_key
 from stx_platform.labels.config import LabelConfig
-from stx_platform.labels.degs import top_genes, wilcoxon_scores
+from stx_platform.labels.degs import ClusterMoments, cluster_moments, wilcoxon_scores
 from stx_platform.labels.table import LABEL_SCHEMA, to_arrow
-from stx_platform.labels.vote import VOTE_COLUMNS, classify_clusters
+from stx_platform.labels.vote import VOTE_COLUMNS, label_clusters
 from stx_platform.organs import canonical_organ
 from stx_platform.progress import Progress
 from stx_platform.taxonomy import UNKNOWN
@@ -53,16 +53,17 @@ def check_expression(adata, db, config: LabelConfig, sample_id: str = "") -> Non
                               f"{', '.join(map(str, adata.var_names[:5]))}) is in the marker database")
 
 
-def cluster_stages(adata, config: LabelConfig, cache: StageCache, say=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(clusters per cell, z-scores clusters x genes, timings), each stage from the cache when it
-    holds the same inputs."""
+def cluster_stages(adata, config: LabelConfig, cache: StageCache, say=None
+                   ) -> tuple[np.ndarray, np.ndarray, ClusterMoments, dict]:
+    """(clusters per cell, z-scores clusters x genes, per-cluster moments of the log-normalised
+    expression, timings), each stage from the cache when it holds the same inputs."""
     say = say or Progress(None)
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     fp = fingerprint(adata.X, adata.obs_names, adata.var_names)
     gkey = stage_key("graph", fp, config.n_pcs, config.n_neighbors, config.seed)
     lkey = stage_key("leiden", gkey, config.resolution, config.seed)
-    dkey = stage_key("degs", lkey)
+    dkey = stage_key("degs", lkey, "cluster-moments")
     t["fingerprint"] = time.perf_counter() - t0
 
     degs = cache.get("degs", dkey)
@@ -95,11 +96,13 @@ def cluster_stages(adata, config: LabelConfig, cache: StageCache, say=None) -> t
         X = C.normalise_log1p(adata.X) if X is None else X
         say(f"Wilcoxon DEGs of {int(clusters.max()) + 1} clusters")
         z = wilcoxon_scores(X, clusters)
+        moments = cluster_moments(X, clusters)
         t["degs"] = time.perf_counter() - t0
-        cache.put("degs", dkey, z=z, clusters=clusters)
+        cache.put("degs", dkey, z=z, clusters=clusters, **moments._asdict())
     else:
         z = degs["z"]
-    return clusters, z, t
+        moments = ClusterMoments(degs["n"], degs["sums"], degs["sumsq"])
+    return clusters, z, moments, t
 
 
 def label_expression(adata, organ: str | None, config: LabelConfig, db, *, sample_id: str = "",
@@ -113,13 +116,12 @@ def label_expression(adata, organ: str | None, config: LabelConfig, db, *, sampl
     if not isinstance(cache, StageCache):
         cache = StageCache(cache, sample_id or "unnamed")
     cache.hits = {}
-    clusters, z, timings = cluster_stages(adata, config, cache, say)
+    clusters, z, moments, timings = cluster_stages(adata, config, cache, say)
 
     t0 = time.perf_counter()
     organ_key = canonical_organ(organ)
     genes = np.asarray(adata.var_names, dtype=object)
-    top = top_genes(z, genes, max(config.top_n, config.top_m))
-    table = classify_clusters(top, organ_key, db, config)
+    table = label_clusters(z, genes, organ_key, db, config, moments)
     table["n_cells"] = np.bincount(clusters, minlength=len(table))
     per_cell = table.iloc[clusters].reset_index(drop=True)
     empty = np.asarray(adata.X.sum(1)).ravel() == 0
@@ -133,6 +135,6 @@ def label_expression(adata, organ: str | None, config: LabelConfig, db, *, sampl
     meta = {"sample_id": sample_id, "organ": organ, "organ_key": organ_key,
             "label_set_id": config.label_set_id(markers_hash), "markers_hash": markers_hash,
             "config": config.model_dump(), "stx_version": __version__,
-            "clusters": table.to_dict(orient="records")}
+            "clusters": table.astype(object).where(table.notna(), None).to_dict(orient="records")}
     assert list(cells.columns) == LABEL_SCHEMA.names
     return LabelResult(sample_id, cells, table, meta, timings, dict(cache.hits))

@@ -9,7 +9,7 @@ range ``{low, high, log}`` (uniform; integers for integer fields, bounds inclusi
       num_samples: 8
       space:
         resolution: [2.0, 4.0, 6.0]
-        tau_cancer: {low: 0.1, high: 0.4}
+        cancer_alpha: {low: 0.005, high: 0.2, log: true}
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ class Range(BaseModel):
 
 
 def default_space() -> dict[str, list | Range]:
-    """Around the paper's defaults (r=4, N=10, M=20, tau_vote=5, tau_cancer=0.25, both switches on).
-    The resolution is a short list: every new value reclusters each slide once."""
+    """Around the default method's settings (r=4, N=10, M=20, tau_vote=5, z_min=2, alpha=0.05,
+    hierarchy on). The resolution is a short list: every new value reclusters each slide once.
+    (``labels: {method: paper}`` with ``space.tau_cancer=...`` tunes the paper's rules.)"""
     return {"resolution": [2.0, 4.0, 6.0],
             "top_n": Range(low=5, high=15),
             "top_m": Range(low=10, high=30),
             "tau_vote": Range(low=2.0, high=8.0),
-            "tau_cancer": Range(low=0.1, high=0.4),
-            "rank_weighting": [True, False],
+            "min_z": Range(low=1.0, high=5.0),
+            "cancer_alpha": Range(low=0.005, high=0.2, log=True),
             "hierarchy": [True, False]}
 
 
