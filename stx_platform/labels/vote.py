@@ -98,25 +98,31 @@ def specificity(v: np.ndarray) -> np.ndarray:
 def _vote(up: np.ndarray, organ: str | None, db, config: LabelConfig, shared: bool,
           up_z: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """Weighted votes of the top-N up-regulated genes that have entries in this scope."""
-    if config.up_markers:
-        v = db.votes(list(up), organ, shared) if len(up) else np.zeros((0, len(VOTE_CLASSES)))
-        # specificity over the whole database: GATA3 marks T cells and luminal cells, even where a
-        # database lists it for only one of them in this organ's scope
-        spec = specificity(db.votes(list(up), None)) if config.specificity else (v.sum(1) > 0).astype(float)
-        lineage = ~np.isin([str(g).upper() for g in up], list(state_genes())) if config.skip_state_genes \
-            else np.ones(len(up), bool)
-        floor = config.min_specificity if config.specificity else 0.0
-        keep = np.flatnonzero((spec >= floor) & (v.sum(1) > 0) & lineage)[:config.top_n]
-        voters, v = [str(g) for g in up[keep]], v[keep] * spec[keep, None]
-        if config.effect_weights and up_z is not None and len(keep):
-            # the strongest voter weighs what rank 1 weighs (N - 1); the others by their z against it
-            w = (config.top_n - 1) * np.clip(up_z[keep] / up_z[keep[0]], 0, 1)
-            return w @ v, voters
-    else:
+    if not config.up_markers:
         voters = [str(g) for g in up[:config.top_n]]
         v = db.votes(voters, organ, shared) if voters else np.zeros((0, len(VOTE_CLASSES)))
-    w = rank_weights(config.top_n, config.rank_weighting)[:len(voters)]
-    return w @ v if len(voters) else np.zeros(len(VOTE_CLASSES)), voters
+        w = rank_weights(config.top_n, config.rank_weighting)[:len(voters)]
+        return (w @ v if voters else np.zeros(len(VOTE_CLASSES))), voters
+    v = db.votes(list(up), organ, shared) if len(up) else np.zeros((0, len(VOTE_CLASSES)))
+    # specificity over the whole database: GATA3 marks T cells and luminal cells, even where a
+    # database lists it for only one of them in this organ's scope
+    spec = specificity(db.votes(list(up), None)) if config.specificity else np.ones(len(up))
+    lineage = (~np.isin([str(g).upper() for g in up], list(state_genes())) if config.skip_state_genes
+               else np.ones(len(up), bool))
+    floor = config.min_specificity if config.specificity else 0.0
+    keep = np.flatnonzero((spec >= floor) & (v.sum(1) > 0) & lineage)[:config.top_n]
+    if not len(keep):
+        return np.zeros(len(VOTE_CLASSES)), []
+    if config.effect_weights and up_z is not None:
+        # the strongest voter weighs what rank 1 weighs (N - 1); the others by their z against it
+        w = (config.top_n - 1) * np.clip(up_z[keep] / up_z[keep[0]], 0, 1)
+    else:
+        w = rank_weights(config.top_n, config.rank_weighting)[:len(keep)]
+    s = (w * spec[keep]) @ v[keep]
+    # specificity shares the votes between classes; the evidence held against tau_vote stays the
+    # voters' weights, as in the paper
+    total = float(w @ v[keep].sum(1))
+    return (s * (total / s.sum()) if s.sum() > 0 else s), [str(g) for g in up[keep]]
 
 
 def cancer_enrichment(top_m: list[str], panel: list[str], cancer: frozenset[str]) -> tuple[float, float]:
