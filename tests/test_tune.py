@@ -96,10 +96,10 @@ def test_a_threshold_only_label_set_never_reclusters(dataset, monkeypatch):
     db = default_markers()
     base = LabelConfig()
 
-    thresholds = base.model_copy(update={"tau_cancer": 0.0, "top_m": 30, "tau_vote": 2.0, "rank_weighting": False})
+    thresholds = base.model_copy(update={"cancer_alpha": 0.5, "top_m": 30, "tau_vote": 2.0, "min_z": 1.0})
     res = L.add_label_set(dataset, thresholds, db, use_ray=False)
     assert calls == {"knn": 0, "leiden": 0} and res.reclustered == 0 and res.computed == 2
-    # the labels did change: with tau_cancer = 0 any overlap makes an Epithelial cluster Neoplastic
+    # the labels did change: at alpha = 0.5 weak cancer-gene enrichments make Epithelial clusters Neoplastic
     def neoplastic(set_id):
         return sum(read_label_table(f"{dataset}/{label_path(set_id, s['sample_id'])}")[0]["label"]
                    .eq("Neoplastic").sum() for s in done_slides(dataset))
@@ -108,7 +108,7 @@ def test_a_threshold_only_label_set_never_reclusters(dataset, monkeypatch):
     new_r = base.model_copy(update={"resolution": 2.5})
     res = L.add_label_set(dataset, new_r, db, use_ray=False)
     assert calls == {"knn": 0, "leiden": 2} and res.reclustered == 2     # the kNN graph was cached
-    again = new_r.model_copy(update={"tau_cancer": 0.1})
+    again = new_r.model_copy(update={"cancer_alpha": 0.01})
     res = L.add_label_set(dataset, again, db, use_ray=False)
     assert calls == {"knn": 0, "leiden": 2} and res.reclustered == 0
     assert L.add_label_set(dataset, again, db, use_ray=False).computed == 0    # tables present: nothing to do
