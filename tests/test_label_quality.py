@@ -2,22 +2,18 @@
 (``heldout_expression``), scanpy's bundled PBMC 68k, with the embedded markers and (when present)
 the real databases; and the rules behind each fix of the improved method."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 import heldout_expression as H
+from conftest import MARKERS, need
 from stx_platform.labels.config import LabelConfig, MarkerSources
 from stx_platform.labels.evaluate import score
 from stx_platform.labels.markers import MarkerDB, default_markers, load_markers
 from stx_platform.labels.pipeline import label_expression
 from stx_platform.labels.vote import cancer_enrichment
 from stx_platform.taxonomy import CONNECTIVE, EPITHELIAL, INFLAMMATORY, NEOPLASTIC, SCORED_CLASSES
-
-MARKERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "markers"
-
 
 def _labels(adata, organ, db, **cfg) -> pd.Series:
     res = label_expression(adata, organ, LabelConfig(**cfg), db, sample_id="t")
@@ -103,8 +99,8 @@ def test_scores_average_over_the_classes_present():
     assert np.isclose(r["labelled_macro_f1"], (0.8 + 0) / 2) and r["predicted_unknown"] == 0.25
 
 
-@pytest.mark.skipif(not MARKERS.exists(), reason=f"real marker databases not found at {MARKERS}")
 def test_with_the_real_databases_immune_and_stromal_cells_are_never_cancer(breast):
+    need(MARKERS / "PanglaoDB_markers_27_Mar_2020.tsv")
     db = load_markers(MarkerSources(panglaodb=str(MARKERS / "PanglaoDB_markers_27_Mar_2020.tsv"),
                                     cellmarker=str(MARKERS / "Cell_marker_Human.csv.gz"),
                                     cancersea=str(MARKERS / "cancersea")))

@@ -812,7 +812,7 @@ def default_markers() -> MarkerDB:
     if missing:
         raise ValueError(f"embedded default_markers.csv: missing column(s) {missing}")
     table["source"] = SOURCE_DEFAULT
-    cancer = frozenset(ln.split("#", 1)[0].strip().upper() for ln in txt.read_text("utf-8").splitlines()) - {""}
+    cancer = _gene_list(txt)
     db = MarkerDB(table, cancer)
     rep = _source_report(SOURCE_DEFAULT, db.table, file="stx_platform/data/markers/default_markers.csv")
     rep.cancer_genes = len(cancer)
@@ -824,5 +824,9 @@ def default_markers() -> MarkerDB:
 def state_genes() -> frozenset[str]:
     """Cell-state genes (cell cycle, interferon response, immediate-early / heat shock) that cells
     of every lineage switch on (``stx_platform/data/markers/state_genes.txt``): no lineage evidence."""
-    txt = importlib.resources.files("stx_platform") / "data" / "markers" / "state_genes.txt"
+    return _gene_list(importlib.resources.files("stx_platform") / "data" / "markers" / "state_genes.txt")
+
+
+def _gene_list(txt) -> frozenset[str]:
+    """The symbols of one of the package's gene-list files: one per line, '#' starts a comment."""
     return frozenset(ln.split("#", 1)[0].strip().upper() for ln in txt.read_text("utf-8").splitlines()) - {""}

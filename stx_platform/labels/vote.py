@@ -95,8 +95,20 @@ def specificity(v: np.ndarray) -> np.ndarray:
     return np.where(v.sum(1) > 0, 1.0 - h, 0.0)
 
 
+def _gene_facts(up: np.ndarray, db, config: LabelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(specificity, may vote) of a cluster's up-regulated genes, the same in every vote scope.
+    Specificity is over the whole database: GATA3 marks T cells and luminal cells, even where a
+    database lists it for only one of them in this organ's scope."""
+    spec = specificity(db.votes(list(up), None)) if config.specificity and len(up) else np.ones(len(up))
+    states = state_genes() if config.skip_state_genes else frozenset()
+    ok = np.array([str(g).upper() not in states for g in up], bool)
+    if config.specificity:
+        ok &= spec >= config.min_specificity
+    return spec, ok
+
+
 def _vote(up: np.ndarray, organ: str | None, db, config: LabelConfig, shared: bool,
-          up_z: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+          up_z: np.ndarray | None = None, facts=None) -> tuple[np.ndarray, list[str]]:
     """Weighted votes of the top-N up-regulated genes that have entries in this scope."""
     if not config.up_markers:
         voters = [str(g) for g in up[:config.top_n]]
@@ -104,13 +116,8 @@ def _vote(up: np.ndarray, organ: str | None, db, config: LabelConfig, shared: bo
         w = rank_weights(config.top_n, config.rank_weighting)[:len(voters)]
         return (w @ v if voters else np.zeros(len(VOTE_CLASSES))), voters
     v = db.votes(list(up), organ, shared) if len(up) else np.zeros((0, len(VOTE_CLASSES)))
-    # specificity over the whole database: GATA3 marks T cells and luminal cells, even where a
-    # database lists it for only one of them in this organ's scope
-    spec = specificity(db.votes(list(up), None)) if config.specificity else np.ones(len(up))
-    lineage = (~np.isin([str(g).upper() for g in up], list(state_genes())) if config.skip_state_genes
-               else np.ones(len(up), bool))
-    floor = config.min_specificity if config.specificity else 0.0
-    keep = np.flatnonzero((spec >= floor) & (v.sum(1) > 0) & lineage)[:config.top_n]
+    spec, ok = facts if facts is not None else _gene_facts(up, db, config)
+    keep = np.flatnonzero(ok & (v.sum(1) > 0))[:config.top_n]
     if not len(keep):
         return np.zeros(len(VOTE_CLASSES)), []
     if config.effect_weights and up_z is not None:
@@ -156,11 +163,12 @@ def classify_clusters_improved(z: np.ndarray, genes, organ: str | None, db, conf
         else:
             up, up_z = genes[np.argsort(-z[k], kind="stable")], None
         fallback = False
-        s, voters = (_vote(up, organ, db, config, config.shared_lineages, up_z) if organ
+        facts = _gene_facts(up, db, config) if config.up_markers else None
+        s, voters = (_vote(up, organ, db, config, config.shared_lineages, up_z, facts) if organ
                      else (np.zeros(len(VOTE_CLASSES)), []))
         if s.sum() < config.tau_vote:
             fallback = organ is not None
-            s, voters = _vote(up, None, db, config, False, up_z)
+            s, voters = _vote(up, None, db, config, False, up_z, facts)
         cls = UNKNOWN if s.sum() < config.tau_vote else VOTE_CLASSES[int(np.argmax(s))]
         ups.append(up)
         rows.append({"cluster": k, "label": cls, **dict(zip(VOTE_COLUMNS, s.astype(float))),
