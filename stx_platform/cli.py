@@ -126,17 +126,20 @@ def cmd_label(args) -> int:
     from stx_platform.labels.pipeline import label_expression
     from stx_platform.labels.table import label_table_url, write_label_table
     from stx_platform.progress import Progress
-    from stx_platform.sources import read_sample, sample_id_of, sample_refs
+    from stx_platform.sources import sample_id_of
+    from stx_platform.sources.cells_only import cell_refs, read_cells
 
     config, db = _label_setup(args)
     set_id = config.label_set_id(db.content_hash())
-    refs = sample_refs(args.sample)
+    refs = cell_refs(args.sample)
     cache = args.cache or storage.join(args.out, "_cache")
     print(f"stx label: {len(refs)} sample(s), label set {set_id} -> {storage.join(args.out, set_id)}", flush=True)
     for ref in refs:
         say = Progress(sample_id_of(ref))
-        sample = read_sample(ref)
+        sample = read_cells(ref, organ=args.organ)
         say(f"{sample.n_cells:,} cells x {sample.expression.n_vars} genes, organ {sample.organ}")
+        for w in getattr(sample, "warnings", ()):
+            say(f"warning: {w}")
         res = label_expression(sample.expression, sample.organ, config, db, sample_id=sample.sample_id,
                                cache=cache, progress=say)
         url = label_table_url(args.out, set_id, sample.sample_id)
@@ -153,14 +156,14 @@ def cmd_label_eval(args) -> int:
     from stx_platform import storage
     from stx_platform.labels.compare import METHOD_ORDER, compare
     from stx_platform.labels.evaluate import confusion_figure, table3
-    from stx_platform.sources import read_sample, sample_refs
+    from stx_platform.sources.cells_only import cell_refs, read_cells
     from stx_platform.viz import figure_png
 
     config, db = _label_setup(args)
     methods = tuple(args.methods or METHOD_ORDER)
-    refs = sample_refs(args.samples)
+    refs = cell_refs(args.samples)
     print(f"stx label-eval: {len(refs)} sample(s), methods {', '.join(methods)}", flush=True)
-    samples = [read_sample(r) for r in refs]
+    samples = [read_cells(r, organ=args.organ) for r in refs]
     results, per_sample = compare(samples, config, db, methods, args.cache)
     md = table3(results, list(methods))
     n = next(iter(results.values()))["n_cells"]
@@ -354,7 +357,8 @@ def cmd_tune(args) -> int:
 
     with _ray_session(args, dashboard=True):
         if args.resume:
-            res = resume_sweep(args.storage, args.name, mlflow_uri=args.mlflow, print_fn=lambda m: print(m, flush=True))
+            res = resume_sweep(args.storage, args.name, mlflow_uri=args.mlflow, print_fn=lambda m: print(m, flush=True),
+                               trust_storage=args.trust_storage)
         else:
             sweep = SweepConfig.load(args.config, split_overrides(args.set, "tune", default="tune"))
             labels = _label_config(args, split_overrides(args.set, "labels"))
@@ -412,6 +416,11 @@ def _label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. resolution=2")
     _marker_options(p)
     p.add_argument("--cache", help="stage-cache URL (default: <out>/_cache for label)")
+
+
+def _organ_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--organ", help="the samples' organ (default: from their metadata; unknown: organ-agnostic "
+                                   "markers only)")
 
 
 def _marker_options(p: argparse.ArgumentParser) -> None:
@@ -473,16 +482,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     lb = sub.add_parser("label", help="label the cells of slides (the paper's clustering + marker voting)")
-    lb.add_argument("--sample", required=True, help="ROOT#ID, a HEST root (all samples) or a Xenium bundle")
+    lb.add_argument("--sample", required=True, help="ROOT#ID, a HEST root (all samples), a Xenium output folder "
+                                                    "(H&E not needed), a 10x cell_feature_matrix.h5 or an .h5ad of "
+                                                    "raw counts")
     lb.add_argument("--out", default="stx-data/labels", help="label tables go to OUT/<label set id>/")
     _label_options(lb)
+    _organ_option(lb)
     lb.set_defaults(func=cmd_label)
 
     le = sub.add_parser("label-eval", help="compare the method, w/o Hier and the baselines against ground truth")
-    le.add_argument("--samples", default=DEFAULT_HEST_OUT, help="ROOT#ID or a root of annotated samples")
+    le.add_argument("--samples", default=DEFAULT_HEST_OUT, help="ROOT#ID, a root of annotated samples, or an "
+                                                                ".h5ad with obs['class']")
     le.add_argument("--out", default="stx-data/label-eval")
     le.add_argument("--methods", nargs="+", help="subset of: TopDown UCell AUCell CellAssign 'w/o Hier' Ours")
     _label_options(le)
+    _organ_option(le)
     le.set_defaults(func=cmd_label_eval)
 
     mk = sub.add_parser("markers", help="load marker databases and report how their cell types map to classes")
@@ -530,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--storage", default="stx-data/sweeps", help="where sweeps go (folder or s3://)")
     _run_options(tu, "sweep name (default: sweep-time); with --resume, the sweep to continue",
                  "continue the interrupted sweep --name")
+    tu.add_argument("--trust-storage", action="store_true",
+                    help="with --resume: unpickle the sweep's saved state even if this machine did not write it "
+                         "(only when no one else can write to the storage)")
     tu.set_defaults(func=cmd_tune)
 
     ev = sub.add_parser("evaluate", help="score a trained checkpoint on a PanNuke-format fold (PanNuke metrics, "

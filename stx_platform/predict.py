@@ -248,8 +248,8 @@ def open_slide(ref: str, slide_mpp: float | None = None) -> Slide:
         wsi, mpp = he.wsi, slide_mpp or he.mpp
     else:
         if storage.is_dir(ref):
-            raise ValueError(f"{ref}: a folder but not a Xenium bundle (no experiment.xenium); for a HEST-1k "
-                             "sample give ROOT#ID (`stx list ROOT` lists them)")
+            raise ValueError(f"{ref}: a folder but not a Xenium bundle (no experiment.xenium, cell_feature_matrix.h5 "
+                             "or cells.parquet); for a HEST-1k sample give ROOT#ID (`stx list ROOT` lists them)")
         if not storage.exists(ref):
             raise FileNotFoundError(f"{ref}: no such slide (expected a pyramidal TIFF, a HEST ROOT#ID reference "
                                     "or a Xenium bundle folder)")

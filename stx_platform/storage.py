@@ -4,6 +4,8 @@ Credentials and endpoints come from the usual places (``AWS_*`` environment vari
 ``~/.aws``, or fsspec's ``FSSPEC_S3_*`` variables); nothing here logs them.
 Writes are staged in a local temporary file and committed whole (``os.replace`` locally,
 a single PUT on object stores), so a crash never leaves a partial file under the final name.
+A killed process can leave its local staging file (named after its host and pid) beside the
+target; :func:`remove_stale_staging` clears those of dead writers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -113,6 +118,47 @@ def makedirs(url: str) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+_STAGED = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp[^/]*$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(url: str, other_hosts_after_s: float = 24 * 3600) -> list[str]:
+    """Remove the staging files that killed writers left in the local folder ``url`` and its
+    subfolders: those of dead processes on this host, and those of other hosts (a shared
+    filesystem) older than ``other_hosts_after_s``. Object stores stage off-store: nothing to do.
+    Returns the paths removed."""
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+        return []
+    removed = []
+    now = time.time()
+    for folder, _, files in os.walk(path):
+        for name in files:
+            m = _STAGED.match(name)
+            if not m:
+                continue
+            full = os.path.join(folder, name)
+            if m["host"] == _HOST:
+                stale = not _pid_alive(int(m["pid"]))
+            else:
+                stale = now - os.path.getmtime(full) > other_hosts_after_s
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(full)
+                removed.append(full)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_output(url: str, suffix: str = "") -> Iterator[str]:
     """Yield a local path to write; on success it becomes ``url`` in one step.
@@ -124,7 +170,7 @@ def staged_output(url: str, suffix: str = "") -> Iterator[str]:
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
         try:
             yield tmp
             os.replace(tmp, path)

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_TMPDIR"] = RAY_TMPDIR = tempfile.mkdtemp(prefix="stx-", dir="/tmp")  # short: Ray's socket paths
+os.environ["STX_TRUST_DIR"] = os.path.join(RAY_TMPDIR, "trusted-sweeps")  # not the user's ledger
 atexit.register(shutil.rmtree, RAY_TMPDIR, True)  # in every process that made one (xdist's too)
 SHARED = Path(os.environ.get("STX_SHARED_DIR", REPO.parent / "shared"))
 MARKERS = SHARED / "data" / "markers"

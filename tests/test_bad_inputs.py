@@ -97,6 +97,38 @@ def test_polygons_outside_the_image(sample):
     _fails(root, sid, "xenium_seg", "outside the")
 
 
+def test_a_few_nuclei_off_the_image_are_dropped_and_counted(sample):
+    root, sid = sample
+    n = read_hest_sample(str(root), sid).n_cells
+
+    def shift_three(g):
+        geoms = g.geometry.copy()
+        geoms.iloc[:3] = geoms.iloc[:3].translate(xoff=1e5)
+        return g.set_geometry(geoms)
+    _rewrite_seg(root, sid, shift_three)
+    s = read_hest_sample(str(root), sid)
+    assert s.n_cells == n - 3 and s.provenance["nuclei_off_image"] == 3
+
+
+def test_self_intersecting_nuclei_are_repaired_and_flat_ones_dropped(sample):
+    """Two nuclei of one cell traced as one ring cross themselves (invalid); the larger lobe is
+    kept. A ring with no area left is not a nucleus."""
+    root, sid = sample
+    n = read_hest_sample(str(root), sid).n_cells
+
+    def corrupt(g):
+        geoms = g.geometry.copy()
+        x, y = shapely.get_coordinates(geoms.iloc[0].centroid)[0]
+        geoms.iloc[0] = shapely.Polygon([(x, y), (x + 8, y + 8), (x + 8, y), (x, y + 8)])    # bow tie
+        geoms.iloc[1] = shapely.Polygon([(x, y), (x + 4, y), (x + 8, y), (x + 4, y)])        # no area
+        return g.set_geometry(geoms)
+    _rewrite_seg(root, sid, corrupt)
+    s = read_hest_sample(str(root), sid)
+    assert (s.provenance["nuclei_repaired"], s.provenance["nuclei_unusable"]) == (2, 1)
+    assert s.n_cells == n - 1 and shapely.is_valid(s.nuclei).all()
+    assert shapely.area(s.nuclei[0]) == pytest.approx(16.0)   # one triangle of the bow tie
+
+
 def test_geometries_that_are_not_polygons(sample):
     root, sid = sample
 
@@ -134,6 +166,7 @@ def _per_cell(root, sid, X):
     (lambda n: np.zeros((n, 3), np.float32), "all expression values are zero"),
     (lambda n: np.zeros((n, 0), np.float32), "empty expression matrix"),
     (lambda n: np.full((n, 3), 0.37, np.float32), "not integer counts"),
+    (lambda n: np.full((n, 3), "7", dtype=object), "not numeric counts"),
 ])
 def test_bad_counts_in_a_per_cell_matrix(sample, make, problem):
     root, sid = sample
@@ -180,6 +213,11 @@ def test_bundle_cells_disagree_with_matrix(bundle):
     _bundle_fails(bundle, "cells.parquet", "disagree")
 
 
+def test_bundle_corrupt_cells_table(bundle):
+    (bundle / "cells.parquet").write_bytes(b"PAR1" + b"\x00" * 64)
+    _bundle_fails(bundle, "cells.parquet", "not a readable Parquet file")
+
+
 def test_bundle_corrupt_matrix(bundle):
     (bundle / "cell_feature_matrix.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
     _bundle_fails(bundle, "cell_feature_matrix.h5", "not a 10x feature-barcode matrix")
@@ -187,7 +225,7 @@ def test_bundle_corrupt_matrix(bundle):
 
 def test_bundle_not_a_bundle(tmp_path):
     (tmp_path / "empty").mkdir()
-    _bundle_fails(tmp_path / "empty", "experiment.xenium", "not a Xenium output bundle")
+    _bundle_fails(tmp_path / "empty", "experiment.xenium", "file not found")
 
 
 # PanNuke ---------------------------------------------------------------------------------

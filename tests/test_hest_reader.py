@@ -119,3 +119,20 @@ def test_listing_and_references(hest_root):
     refs = list_samples(hest_root)
     assert refs == [f"{hest_root}#{i}" for i in list_hest_samples(hest_root)]
     assert read_sample(refs[1]).sample_id == list_hest_samples(hest_root)[1]
+
+
+def test_visium_and_st_samples_in_a_hest_root_are_not_listed(hest_root, tmp_path):
+    from stx_platform.sources import sample_refs
+    from stx_platform.sources.hest import hest_technologies
+
+    root = tmp_path / "hest"
+    shutil.copytree(hest_root, root)
+    xenium = list_hest_samples(str(root))
+    for sid, tech in (("TENX95", "Visium"), ("NCBI1", "Spatial Transcriptomics")):  # no files but the metadata
+        (root / "metadata" / f"{sid}.json").write_text(json.dumps({"id": sid, "st_technology": tech}))
+    assert hest_technologies(str(root))["TENX95"] == "Visium"
+    assert list_hest_samples(str(root)) == xenium and len(list_samples(str(root))) == len(xenium)
+    for sid in xenium:
+        (root / "metadata" / f"{sid}.json").unlink()
+    with pytest.raises(ValueError, match="only Spatial Transcriptomics, Visium samples"):
+        sample_refs(str(root))

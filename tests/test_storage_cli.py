@@ -26,6 +26,34 @@ def test_staged_output_is_atomic_locally(tmp_path):
     assert storage.read_json(f"file://{target}") == {"a": 1}
 
 
+def test_a_killed_writers_staging_files_are_removed_by_the_next_run(tmp_path):
+    """A process killed inside ``staged_output`` leaves its file; the next run removes those of
+    dead writers and keeps live writers' and recent ones from other hosts (shared filesystems)."""
+    import os
+    import time
+
+    folder = tmp_path / "ds" / "patches"
+    folder.mkdir(parents=True)
+    code = ("import sys, os; from stx_platform import storage\n"
+            f"with storage.staged_output({str(folder / 's1.parquet')!r}) as t:\n"
+            "    open(t, 'wb').write(b'x' * 1000); os._exit(9)")   # dies mid-write
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    [dead] = list(folder.iterdir())
+    assert dead.name.startswith(".s1.parquet.") and dead.name.endswith(".tmp.parquet")
+    with storage.staged_output(str(folder / "s2.parquet")) as live:   # this process: still writing
+        open(live, "wb").write(b"y")
+        old = folder / ".s3.parquet.otherhost-12-0123abcd.tmp.parquet"
+        recent = folder / ".s4.parquet.otherhost-13-0123abcd.tmp.parquet"
+        old.write_bytes(b"z")
+        recent.write_bytes(b"z")
+        os.utime(old, (time.time() - 2 * 86400,) * 2)
+        (folder / "s0.parquet").write_bytes(b"done")                  # a finished shard
+        removed = storage.remove_stale_staging(str(tmp_path / "ds"))
+        assert sorted(removed) == sorted([str(dead), str(old)])
+        assert sorted(p.name for p in folder.iterdir()) == sorted([os.path.basename(live), recent.name, "s0.parquet"])
+    assert (folder / "s2.parquet").read_bytes() == b"y"
+
+
 def test_cli_synth_inspect_list(tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["synth", "--out", str(out), "--slides", "1", "--cells", "300", "--organs", "prostate",

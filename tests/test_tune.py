@@ -25,6 +25,7 @@ from stx_platform.tracking import client
 from stx_platform.training.config import TrainConfig
 from stx_platform.tuning import summary as S
 from stx_platform.tuning.config import Range, SweepConfig
+from stx_platform.tuning import trust
 from stx_platform.tuning.sweep import resume_sweep, run_sweep
 
 QUICK_TRAIN = {"samples_per_epoch": 12, "val_images": 4, "val_batch_size": 4, "overlays": 1, "batch_size": 4,
@@ -144,6 +145,30 @@ def test_best_trial_prefers_completed_trials_and_its_yaml_is_accepted(tmp_path):
     assert open(out["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_resume_unpickles_only_state_this_machine_wrote(tmp_path, monkeypatch):
+    tune_dir = tmp_path / "sw" / "tune"
+    (tune_dir / "trial_0").mkdir(parents=True)
+    (tune_dir / "tuner.pkl").write_bytes(b"state")
+    (tune_dir / "experiment_state-2026.json").write_text("{}")
+    (tune_dir / "trial_0" / "params.pkl").write_bytes(b"params")
+    (tune_dir / "trial_0" / "result.json").write_text("{}")
+    url = str(tune_dir)
+    with pytest.raises(trust.UntrustedSweepState, match="no record of writing.*--trust-storage"):
+        trust.check(url)
+    trust.check(url, trust_storage=True)
+    trust.record(url)
+    assert set(trust.state_digests(url)) == {"tuner.pkl", "experiment_state-2026.json", "trial_0/params.pkl"}
+    trust.check(url)
+    (tune_dir / "trial_0" / "result.json").write_text('{"more": 1}')   # results are not state
+    trust.check(url)
+    (tune_dir / "trial_0" / "params.pkl").write_bytes(b"os.system")    # someone else's pickle
+    with pytest.raises(trust.UntrustedSweepState, match=r"1 state file\(s\) changed.*trial_0/params.pkl"):
+        trust.check(url)
+    monkeypatch.setenv("STX_TRUST_DIR", str(tmp_path / "another-machine"))
+    trust.record(url)
+    assert list((tmp_path / "another-machine").glob("*.json"))
+
+
 # ---------------------------------------------------------------- sweeps on Ray
 
 @pytest.mark.slow
@@ -193,7 +218,7 @@ def test_sweep_relabels_trains_tracks_and_survives_a_failing_trial(dataset, pann
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(dataset, pannuke_dir, tmp_path,
-                                                                      ray_dashboard):
+                                                                      ray_dashboard, monkeypatch):
     """Ctrl-C after the first trial, then --resume: Optuna's state comes back with the Tuner and
     proposes the second trial; the first is not trained again."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -216,6 +241,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(dataset, p
     assert "interrupted" in text and "stx tune --resume --name sw" in text
     first = [ln.split()[1] for ln in out if "finished at epoch" in ln][0]
 
+    with monkeypatch.context() as m:     # state this machine did not write is not unpickled
+        m.setenv("STX_TRUST_DIR", str(tmp_path / "another-machine"))
+        with pytest.raises(trust.UntrustedSweepState, match="--trust-storage"):
+            resume_sweep(str(tmp_path / "sweeps"), "sw", mlflow_uri=uri)
     lines = []
     res = resume_sweep(str(tmp_path / "sweeps"), "sw", mlflow_uri=uri, print_fn=lines.append)
     assert not res.interrupted and len(res.trials) == 2

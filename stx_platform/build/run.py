@@ -5,6 +5,7 @@ URL, a manifest and a summary at the end. Library code: the caller owns ``ray.in
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from stx_platform import capacity, storage
 from stx_platform.build.manifest import (
@@ -58,6 +59,17 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
 
     t0 = time.perf_counter()
     refs = sample_refs(source)
+    if "#" not in source:
+        from stx_platform.sources.hest import hest_technologies
+
+        other = {sid: t for sid, t in hest_technologies(source).items() if t.lower() != "xenium"}
+        if other:
+            kinds = ", ".join(f"{t}: {n}" for t, n in sorted(Counter(other.values()).items()))
+            print_fn(f"build: skipped {len(other)} non-Xenium sample(s) in {source} ({kinds}): no per-cell "
+                     "expression or nucleus segmentation")
+    stale = storage.remove_stale_staging(out)
+    if stale:
+        print_fn(f"build: removed {len(stale)} partial file(s) that a killed run left in {out}")
     db = load_markers(label_config.markers)
     set_id = label_config.label_set_id(db.content_hash())
     phash = patch_config.config_hash()

@@ -33,7 +33,11 @@ def sample_refs(url: str) -> list[str]:
     """``[url]`` for one ``ROOT#ID`` reference, else every sample under ``url``; an error when none."""
     refs = [url] if "#" in url else list_samples(url)
     if not refs:
-        raise ValueError(f"no samples under {url}")
+        from stx_platform.sources.hest import hest_technologies
+
+        other = sorted(set(hest_technologies(url).values()))
+        raise ValueError(f"no samples under {url}" + (f" (only {', '.join(other)} samples, which have no per-cell "
+                                                       "expression)" if other else ""))
     return refs
 
 

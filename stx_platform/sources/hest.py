@@ -36,9 +36,10 @@ from stx_platform.sources.sample import (
     Sample,
     align_expression,
     check_counts,
-    check_inside_image,
     check_pixel_size,
     check_sample_id,
+    nuclei_on_image,
+    valid_polygons,
     polygons_from_geometry,
 )
 from stx_platform.sources.wsi import WSI
@@ -46,10 +47,35 @@ from stx_platform.sources.wsi import WSI
 ASSIGNMENT_MODES = ("cell_id", "nucleus", "polygon")
 
 
-def list_hest_samples(root: str) -> list[str]:
-    """Sample ids under a HEST root: those with a ``metadata/<id>.json`` (written last)."""
+def _metadata_ids(root: str) -> list[str]:
     return sorted(n[:-5] for n in storage.listdir(storage.join(root, "metadata")) if n.endswith(".json")
                   and not n.startswith("."))
+
+
+def hest_technologies(root: str) -> dict[str, str]:
+    """Sample id -> ``st_technology`` of every sample under a HEST root (Xenium when unsaid or
+    unreadable: reading the sample then says what is wrong). Metadata files are fetched together."""
+    ids = _metadata_ids(root)
+    if not ids:
+        return {}
+    fs, path = storage.filesystem(storage.join(root, "metadata"))
+    paths = [f"{path}/{sid}.json" for sid in ids]
+    raw = fs.cat(paths, on_error="return")
+    out = {}
+    for sid, p in zip(ids, paths):
+        try:
+            tech = json.loads(raw[p].decode("utf-8")).get("st_technology")
+        except Exception:  # noqa: BLE001 - read_metadata names the problem when the sample is read
+            tech = None
+        out[sid] = str(tech or "Xenium")
+    return out
+
+
+def list_hest_samples(root: str) -> list[str]:
+    """Xenium sample ids under a HEST root: those with a ``metadata/<id>.json`` (written last)
+    whose ``st_technology`` is Xenium; HEST-1k also holds Visium and ST samples, which have no
+    per-cell expression or nucleus segmentation (:func:`hest_technologies` lists them)."""
+    return [sid for sid, tech in hest_technologies(root).items() if tech.lower() == "xenium"]
 
 
 def read_metadata(root: str, sample_id: str) -> dict:
@@ -155,7 +181,10 @@ def read_hest_sample(root: str, sample_id: str, *, assignment: str = "cell_id", 
     wsi, mpp = open_hest_wsi(root, sample_id, meta)
     width, height = wsi.width, wsi.height  # opens the header: a corrupt TIFF fails here
     nuclei, nucleus_ids = _read_nuclei(root, sample_id)
-    check_inside_image(nuclei, nucleus_ids, width, height, sample_id, f"xenium_seg/{sample_id}_xenium_nucleus_seg.parquet")
+    nuclei, usable, repaired = valid_polygons(nuclei)
+    on = nuclei_on_image(nuclei[usable], nucleus_ids[usable], width, height, sample_id,
+                         f"xenium_seg/{sample_id}_xenium_nucleus_seg.parquet")
+    nuclei, nucleus_ids = nuclei[usable][on], nucleus_ids[usable][on]
 
     st_rel = f"st/{sample_id}.h5ad"
     st_url = storage.join(root, st_rel)
@@ -177,7 +206,8 @@ def read_hest_sample(root: str, sample_id: str, *, assignment: str = "cell_id", 
                 "min_qv": min_qv, **{f"transcripts_{k}": v for k, v in stats.as_dict().items()}}
         expr_file = prov["expression_from"]
     adata, extra = align_expression(X, expr_ids, genes, nucleus_ids, sample_id, expr_file)
-    prov.update(extra)
+    prov.update(extra, nuclei_off_image=int((~on).sum()), nuclei_repaired=repaired,
+                nuclei_unusable=int((~usable).sum()))
     truth = read_ground_truth(storage.join(root, "annotations", f"{sample_id}_annotation.csv"), sample_id)
     return Sample(sample_id=sample_id, organ=str(meta.get("organ") or "unknown"), mpp=mpp, wsi=wsi, nuclei=nuclei,
                   expression=adata, metadata=meta, source=f"{root}#{sample_id}", technology=str(

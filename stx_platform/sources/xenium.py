@@ -35,25 +35,30 @@ import shapely
 
 from stx_platform import storage
 from stx_platform.errors import SampleError
+from stx_platform.organs import experiment_organ
 from stx_platform.sources.annotations import read_ground_truth
+from stx_platform.sources.cells_only import is_xenium_folder, read_cell_ids
 from stx_platform.sources.features import as_text, gene_mask, normalise_cell_ids
 from stx_platform.sources.sample import (
     Sample,
     align_expression,
     check_counts,
-    check_inside_image,
     check_pixel_size,
     check_sample_id,
+    nuclei_on_image,
+    valid_polygons,
 )
 from stx_platform.sources.wsi import WSI
 
 
 def is_xenium_bundle(url: str) -> bool:
-    return storage.exists(storage.join(url, "experiment.xenium"))
+    """A Xenium output folder of any version (see :data:`cells_only.BUNDLE_MARKERS`); one that
+    lacks what a build needs is refused by :func:`read_xenium_bundle` naming the missing file."""
+    return is_xenium_folder(url)
 
 
 def list_xenium_bundles(root: str) -> list[str]:
-    """Bundle folder names directly under ``root`` (each holding an ``experiment.xenium``)."""
+    """Xenium output folder names directly under ``root``."""
     return [n for n in storage.listdir(root) if not n.startswith(".") and is_xenium_bundle(storage.join(root, n))]
 
 
@@ -140,7 +145,8 @@ def read_experiment(url: str, sid: str) -> dict:
     try:
         return json.loads(storage.read_bytes(storage.join(url, rel)).decode("utf-8"))
     except FileNotFoundError:
-        raise SampleError(sid, rel, f"file not found: {url} is not a Xenium output bundle") from None
+        raise SampleError(sid, rel, f"file not found in {url}: it gives the morphology pixel size that places the "
+                                    "nuclei on the H&E (`stx label` labels this folder without it)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SampleError(sid, rel, f"not valid JSON ({e})") from None
 
@@ -161,7 +167,8 @@ def open_he_image(url: str, sid: str, exp: dict | None = None, he_image: str | N
     """The H&E of a Xenium bundle (found in it unless given) and its pixel size from the alignment."""
     exp = read_experiment(url, sid) if exp is None else exp
     px_um = check_pixel_size(exp.get("pixel_size"), sid, "experiment.xenium", "pixel_size")
-    he_rel = he_image or _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif)")
+    he_rel = he_image or _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif; patches need the "
+                                                             "post-run H&E, `stx label` labels without it)")
     al_rel = alignment or _find(url, "he_imagealignment.csv", sid, "H&E alignment (*he_imagealignment.csv)")
     m = read_alignment(storage.join(url, al_rel), sid, al_rel)
     mpp = px_um * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
@@ -178,14 +185,10 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
 
     X, barcodes, genes = read_matrix(storage.join(url, "cell_feature_matrix.h5"), sid)
     X = check_counts(X, sid, "cell_feature_matrix.h5")
-    cells_url = storage.join(url, "cells.parquet")
-    if storage.exists(cells_url):
-        with storage.open_file(cells_url) as f:
-            cids = normalise_cell_ids(pq.read_table(f, columns=["cell_id"]).column("cell_id").to_numpy(
-                zero_copy_only=False))
-        if len(cids) != len(barcodes) or not cids.isin(barcodes).all():
-            raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
-                                                    f"{len(barcodes)}; the two disagree")
+    cids = read_cell_ids(url, sid)
+    if cids is not None and (len(cids) != len(barcodes) or not cids.isin(barcodes).all()):
+        raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
+                                                f"{len(barcodes)}; the two disagree")
 
     he = open_he_image(url, sid, exp, he_image, alignment)
     wsi, mpp, m, px_um = he.wsi, he.mpp, he.alignment, he.morphology_mpp
@@ -196,13 +199,16 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     inv = np.linalg.inv(m)
     to_he = lambda c: (np.c_[c / px_um, np.ones(len(c))] @ inv.T)[:, :2]  # noqa: E731
     nuclei = shapely.transform(polys_um, to_he)
-    check_inside_image(nuclei, nids, width, height, sid, nb_rel)
+    nuclei, usable, repaired = valid_polygons(nuclei)
+    on = nuclei_on_image(nuclei[usable], nids[usable], width, height, sid, nb_rel)
+    nuclei, nids = nuclei[usable][on], nids[usable][on]
     adata, extra = align_expression(X, barcodes, genes, nids, sid, "cell_feature_matrix.h5")
+    extra.update(nuclei_off_image=int((~on).sum()), nuclei_repaired=repaired, nuclei_unusable=int((~usable).sum()))
     truth_url = annotations or storage.join(url, f"{sid}_annotation.csv")
     truth = read_ground_truth(truth_url, sid)
     meta = {k: exp.get(k) for k in ("analysis_sw_version", "panel_name", "panel_tissue_type", "run_name",
                                     "region_name", "pixel_size", "num_cells")}
-    organ = organ or exp.get("panel_tissue_type") or "unknown"
+    organ = organ or experiment_organ(exp) or "unknown"
     return Sample(sample_id=sid, organ=str(organ), mpp=mpp, wsi=wsi, nuclei=nuclei, expression=adata, metadata=meta,
                   source=url, technology="Xenium", ground_truth=truth,
                   provenance={"expression_from": "cell_feature_matrix.h5", **extra})

@@ -4,7 +4,8 @@ runs (or restores) the Tuner, then writes the summary and the best label config.
 Layout under the storage URL (local folder or s3://):
 
     <storage>/<name>/stx_sweep.json        what is swept, with which configs, the MLflow parent run
-    <storage>/<name>/tune/                 Ray Tune's experiment state (what --resume restores)
+    <storage>/<name>/tune/                 Ray Tune's experiment state (what --resume restores, once
+                                           its pickles match what this machine wrote: tuning/trust.py)
     <storage>/<name>/runs/<trial id>/      each trial's training run (checkpoints) and labels.json
     <storage>/<name>/summary/              trials.csv, trials.md, metric_vs_params.png
     <storage>/<name>/best_labels.yaml      the best label config (a ``labels:`` section)
@@ -29,6 +30,7 @@ from stx_platform.tracking import client, experiment_id, log_metrics, log_params
 from stx_platform.training.config import TrainConfig
 from stx_platform.training.run import RUN_INFO, check_inputs, check_resources
 from stx_platform.tuning import summary as S
+from stx_platform.tuning import trust
 from stx_platform.tuning.config import SweepConfig
 from stx_platform.tuning.trial import EXPERIMENT, LABELS_FILE, TrialContext, run_trial, runs_url
 
@@ -158,9 +160,12 @@ def run_sweep(dataset: str, validation: str, sweep: SweepConfig, train: TrainCon
 
 
 def resume_sweep(storage_url: str, name: str | None, *, mlflow_uri: str | None = None,
-                 print_fn: Callable[[str], None] = print, callbacks: list | None = None) -> SweepResult:
+                 print_fn: Callable[[str], None] = print, callbacks: list | None = None,
+                 trust_storage: bool = False) -> SweepResult:
     """Continue the interrupted sweep ``name``: finished trials are kept, unfinished and failed
-    ones continue from their last training checkpoint, the rest are started."""
+    ones continue from their last training checkpoint, the rest are started. Its saved state is
+    unpickled only if this machine wrote it (:mod:`stx_platform.tuning.trust`) or
+    ``trust_storage``."""
     t0 = time.time()
     if not name:
         raise ValueError("resuming needs the sweep's name (--name): its folder under the storage URL")
@@ -168,6 +173,9 @@ def resume_sweep(storage_url: str, name: str | None, *, mlflow_uri: str | None =
     if not storage.exists(storage.join(sweep_dir, SWEEP_INFO)):
         raise FileNotFoundError(f"{storage.join(sweep_dir, SWEEP_INFO)}: no such sweep to resume")
     info = storage.read_json(storage.join(sweep_dir, SWEEP_INFO))
+    tune_url = storage.join(sweep_dir, TUNE_DIR)
+    if storage.exists(tune_url):
+        trust.check(tune_url, trust_storage)
     check_inputs(info["dataset"], info["validation"])
     uri = tracking_uri(mlflow_uri)
     client(uri).update_run(info["mlflow_run_id"], status="RUNNING")
@@ -216,7 +224,10 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
                                max_concurrent_trials=concurrency if sweep.algorithm == "optuna" else None,
                                trial_dirname_creator=trial_dirname,
                                trial_name_creator=trial_dirname))
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        trust.record(storage.join(sweep_dir, TUNE_DIR))
     # an interrupted sweep has trials that never ended, or never started
     interrupted = results.num_terminated + results.num_errors < max(len(results), sweep.trials())
     rows = [_row(r, sweep, train, sweep_dir, interrupted) for r in results]
