@@ -223,6 +223,7 @@ def _ray_session(args, dashboard: bool = False):
 def cmd_build(args) -> int:
     import os
 
+    from stx_platform.build.quality import QualityConfig
     from stx_platform.build.run import run_build
     from stx_platform.build.summary import log_to_mlflow, summarise
     from stx_platform.config_io import load_config
@@ -230,6 +231,7 @@ def cmd_build(args) -> int:
 
     label_config = _label_config(args, _section_overrides(args.set, "labels"))
     patch_config = load_config(PatchConfig, args.config, "patches", _section_overrides(args.set, "patches"))
+    quality = load_config(QualityConfig, args.config, "quality", _section_overrides(args.set, "quality"))
 
     source = args.source
     if source is None:
@@ -241,7 +243,7 @@ def cmd_build(args) -> int:
             cmd_synth(build_parser().parse_args(["synth", "--out", source]))
     with _ray_session(args):
         manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide,
-                             max_parallel=args.max_parallel)
+                             max_parallel=args.max_parallel, quality=quality, max_attempts=args.max_attempts)
     summary = summarise(args.out, manifest)
     print()
     print(summary["markdown"])
@@ -506,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     _label_options(mk)
     mk.set_defaults(func=cmd_markers)
 
-    bd = sub.add_parser("build", help="label and patch slides on Ray into a training dataset (resumable)")
+    bd = sub.add_parser("build", help="label and patch slides on Ray into a training dataset (resumable)",
+                        description="--set takes label fields (resolution=2 or labels.resolution=2), patch fields "
+                                    "(patches.stride=200) and quality gates (quality.min_patches=0, "
+                                    "quality.max_empty_share=0.5, quality.min_nucleus_area_um2=5); a slide that "
+                                    "fails a gate is recorded as failed with the gate's name")
     bd.add_argument("--source", help=f"HEST root, Xenium bundles folder or ROOT#ID (default: {DEFAULT_HEST_OUT}, "
                                      "generated when empty)")
     bd.add_argument("--out", default="stx-data/dataset", help="dataset URL (folder or s3://)")
@@ -517,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slides built at once (default: as many as the cluster's CPUs hold, counting what its "
                          "autoscaler may add)")
     bd.add_argument("--mlflow", help="MLflow tracking URI to log the build to (default: MLFLOW_TRACKING_URI)")
+    bd.add_argument("--max-attempts", type=int, default=2, help="starts per slide before a slide whose worker "
+                                                                "dies (native crash, out of memory) is failed")
     _label_options(bd)
     bd.set_defaults(func=cmd_build)
 

@@ -16,7 +16,7 @@ from stx_platform import storage
 M = TypeVar("M", bound=BaseModel)
 
 #: the sections a combined config file may hold
-SECTIONS: tuple[str, ...] = ("labels", "patches", "train", "tune")
+SECTIONS: tuple[str, ...] = ("labels", "patches", "quality", "train", "tune")
 
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:

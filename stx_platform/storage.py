@@ -112,6 +112,13 @@ def size(url: str) -> int:
     return int(fs.size(path))
 
 
+def remove(url: str) -> None:
+    """Delete a file; nothing when it does not exist."""
+    fs, path = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
 def makedirs(url: str) -> None:
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):

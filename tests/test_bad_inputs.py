@@ -261,3 +261,53 @@ def test_pannuke_truncated(fold):
 def test_pannuke_not_a_fold(tmp_path):
     with pytest.raises(SampleError, match="not a PanNuke fold"):
         PanNukeFold(str(tmp_path))
+
+
+# quality gates of a build -----------------------------------------------------------------
+
+def _build(root, sid, tmp_path, **quality):
+    from stx_platform.build.quality import QualityConfig
+    from stx_platform.build.slide import build_slide
+    from stx_platform.labels.config import LabelConfig
+    from stx_platform.labels.markers import default_markers
+    from stx_platform.patches.config import PatchConfig
+
+    return build_slide(f"{root}#{sid}", str(tmp_path / "ds"), PatchConfig(), LabelConfig(), default_markers(),
+                       quality=QualityConfig(**quality))
+
+
+def _set_meta(root, sid, **kw):
+    p = root / "metadata" / f"{sid}.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **kw}))
+
+
+@pytest.mark.parametrize("mpp,gate", [(2.125, "max_nucleus_area_um2"), (0.01, "min_nucleus_area_um2")])
+def test_a_pixel_size_that_disagrees_with_nucleus_sizes_fails_its_gate(sample, tmp_path, mpp, gate):
+    """HEST #106: TIFF tags 10x off. In pixels the polygons look fine; in um^2 nuclei are 100x too
+    large (or 450x too small), so the slide fails instead of giving 14x (or no) patches."""
+    root, sid = sample
+    _set_meta(root, sid, pixel_size_um_estimated=mpp)
+    rec = _build(root, sid, tmp_path)
+    assert rec.status == "failed" and rec.gate == gate and "pixel size is likely wrong" in rec.error
+    assert f"--set quality.{gate}=" in rec.error and rec.patches == 0
+
+
+def test_nuclei_without_transcripts_and_too_few_patches_fail_their_gates(sample, tmp_path):
+    root, sid = sample
+    p = root / "transcripts" / f"{sid}_transcripts.parquet"
+    t = pq.read_table(p)
+    cells = pd.Series(t.column("cell_id").to_pylist())
+    keep = ~cells.isin(set(cells.drop_duplicates().iloc[: cells.nunique() // 2]))
+    pq.write_table(t.filter(keep.to_numpy()), p)
+    rec = _build(root, sid, tmp_path)
+    assert rec.status == "failed" and rec.gate == "max_empty_share" and "have no transcript" in rec.error
+    rec = _build(root, sid, tmp_path, max_empty_share=0.9, min_patches=10**6)   # overridden; next gate
+    assert rec.status == "failed" and rec.gate == "min_patches" and rec.patches > 0
+
+
+def test_an_unknown_organ_is_a_warning_and_the_slide_is_built(sample, tmp_path):
+    root, sid = sample
+    _set_meta(root, sid, organ="Brain")
+    rec = _build(root, sid, tmp_path)
+    assert rec.status == "done" and rec.patches > 0
+    assert any("'Brain' is not one of" in w for w in rec.warnings)

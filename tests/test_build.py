@@ -84,6 +84,23 @@ def _broken_copy(hest_root, dst):
 
 
 @pytest.mark.slow
+def test_a_slide_whose_worker_keeps_dying_is_failed_not_retried_forever(ref, tmp_path):
+    """Ray Data restarts a dead worker and gives it the same slide again; the attempts counted
+    before each start stop that after MAX_ATTEMPTS."""
+    from stx_platform.build.run import MAX_ATTEMPTS, SlideBuilder, attempts_url
+
+    out = str(tmp_path / "ds")
+    builder = SlideBuilder(out, PatchConfig().model_dump(), LabelConfig().model_dump(), {})
+    row = {"ref": ref, "sample_id": ref.rsplit("#", 1)[1]}
+    marker = attempts_url(out, row["sample_id"])
+    storage.write_bytes(marker, str(MAX_ATTEMPTS).encode())          # as two dead workers left it
+    rec = builder(row)["record"]
+    assert rec["status"] == FAILED and rec["error"].startswith("WorkerDied") and f"died {MAX_ATTEMPTS} time" in rec["error"]
+    assert read_records(out)[row["sample_id"]].status == FAILED and not storage.exists(marker)
+    storage.write_bytes(marker, b"1")                                # one death: it gets its second try
+    assert builder(row)["record"]["status"] == DONE and not storage.exists(marker)
+
+
 def test_ray_build_records_a_failing_slide_and_resumes(hest_root, tmp_path, local_ray, capsys):
     from stx_platform.build.run import run_build
 

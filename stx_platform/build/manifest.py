@@ -39,6 +39,8 @@ class SlideRecord:
     nuclei: int = 0                 # nucleus instances over all patches
     labels: dict = field(default_factory=dict)  # class -> cells
     error: str = ""
+    gate: str = ""                  # the quality gate a failed slide did not pass
+    warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -57,7 +59,7 @@ def read_records(out: str) -> dict[str, SlideRecord]:
     folder = storage.join(out, "manifest")
     recs = {}
     for name in storage.listdir(folder):
-        if name.endswith(".json"):
+        if name.endswith(".json") and not name.startswith("."):   # not a staging file
             d = json.loads(storage.read_bytes(storage.join(folder, name)))
             recs[d["sample_id"]] = SlideRecord(**d)
     return recs

@@ -10,33 +10,63 @@ from collections import Counter
 from stx_platform import capacity, storage
 from stx_platform.build.manifest import (
     DONE,
+    FAILED,
     SlideRecord,
     is_done,
     read_records,
     write_manifest,
+    write_record,
 )
 from stx_platform.build.label_sets import write_label_config
+from stx_platform.build.quality import QualityConfig
 from stx_platform.build.slide import build_slide
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig
 
 
-class SlideBuilder:
-    """Ray Data callable class: loads the marker database once per worker, builds slides."""
+#: Tries per slide before a slide whose worker dies (a native crash, out of memory) is failed.
+MAX_ATTEMPTS = 2
 
-    def __init__(self, out: str, patch_config: dict, label_config: dict, previous: dict):
+
+def attempts_url(out: str, sample_id: str) -> str:
+    return storage.join(out, "manifest", f".{sample_id}.attempts")
+
+
+class SlideBuilder:
+    """Ray Data callable class: loads the marker database once per worker, builds slides.
+
+    A worker that dies mid-slide is restarted by Ray Data and given the slide again, forever; so
+    each start is counted in ``manifest/.<id>.attempts`` first, and a slide started
+    ``max_attempts`` times already is recorded as failed instead of being tried again."""
+
+    def __init__(self, out: str, patch_config: dict, label_config: dict, previous: dict, quality: dict | None = None,
+                 max_attempts: int = MAX_ATTEMPTS):
         from stx_platform.labels.markers import load_markers
 
         self.out = out
+        self.max_attempts = max_attempts
+        self.quality = QualityConfig.model_validate(quality or {})
         self.patch_config = PatchConfig.model_validate(patch_config)
         self.label_config = LabelConfig.model_validate(label_config)
         self.db = load_markers(self.label_config.markers)
         self.previous = previous
 
     def __call__(self, row: dict) -> dict:
-        prev = self.previous.get(row["sample_id"])
-        rec = build_slide(row["ref"], self.out, self.patch_config, self.label_config, self.db,
-                          previous=SlideRecord(**prev) if prev else None)
+        sid = row["sample_id"]
+        url = attempts_url(self.out, sid)
+        tried = int(storage.read_bytes(url)) if storage.exists(url) else 0
+        if tried >= self.max_attempts:
+            rec = SlideRecord(sample_id=sid, ref=row["ref"], status=FAILED, patch_config=self.patch_config.config_hash(),
+                              label_set_id=self.label_config.label_set_id(self.db.content_hash()),
+                              error=f"WorkerDied: the worker building this slide died {tried} time(s) (a native "
+                                    "crash or out of memory; see the Ray worker logs); not tried again")
+            write_record(self.out, rec)
+        else:
+            storage.write_bytes(url, str(tried + 1).encode())
+            prev = self.previous.get(sid)
+            rec = build_slide(row["ref"], self.out, self.patch_config, self.label_config, self.db,
+                              previous=SlideRecord(**prev) if prev else None, quality=self.quality)
+        storage.remove(url)
         return {"record": rec.to_json()}
 
 
@@ -49,7 +79,8 @@ def slide_workers(slides: int, cpus_per_slide: float, max_parallel: int | None =
 
 
 def run_build(source: str, out: str, patch_config: PatchConfig, label_config: LabelConfig,
-              cpus_per_slide: float = 1.0, max_parallel: int | None = None, print_fn=print) -> dict:
+              cpus_per_slide: float = 1.0, max_parallel: int | None = None, print_fn=print,
+              quality: QualityConfig | None = None, max_attempts: int = MAX_ATTEMPTS) -> dict:
     """Build (or resume) a dataset; returns the manifest document. On an autoscaling cluster
     the slide workers are asked for up front and the request withdrawn at the end."""
     import ray
@@ -81,6 +112,7 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
             skipped.append(previous[sid])
         else:
             rows.append({"ref": ref, "sample_id": sid})
+            storage.remove(attempts_url(out, sid))      # a new build gives every slide its tries again
     print_fn(f"build: {len(refs)} slide(s) from {source} -> {out}; label set {set_id}, patch config {phash}; "
              f"{len(skipped)} already done, {len(rows)} to do")
     records = list(skipped)
@@ -96,19 +128,23 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
         ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide, concurrency=(1, workers),
                     fn_constructor_kwargs={"out": out, "patch_config": patch_config.model_dump(),
                                            "label_config": label_config.model_dump(),
-                                           "previous": {k: v.to_json() for k, v in previous.items()}})
+                                           "previous": {k: v.to_json() for k, v in previous.items()},
+                                           "quality": (quality or QualityConfig()).model_dump(),
+                                           "max_attempts": max_attempts})
         try:
             for i, row in enumerate(ds.iter_rows(), 1):
                 rec = SlideRecord(**row["record"])
                 records.append(rec)
                 what = (f"{rec.patches} patches, {rec.nuclei} nuclei, {rec.cells} cells {rec.labels}"
                         if rec.status == DONE else f"FAILED: {rec.error.splitlines()[0]}")
+                what += "".join(f"; warning: {w}" for w in rec.warnings)
                 print_fn(f"  [{i}/{len(rows)}] {rec.sample_id}: {what} ({rec.seconds:.1f} s)")
         finally:
             if asked:
                 capacity.request([])
     build = {"source": source, "label_set_id": set_id, "label_config": label_config.model_dump(),
              "patch_config_hash": phash, "patch_config": patch_config.model_dump(),
+             "quality": (quality or QualityConfig()).model_dump(),
              "markers_hash": db.content_hash(), "seconds": round(time.perf_counter() - t0, 1)}
     write_label_config(storage.join(out, "labels", set_id), label_config)
     doc = write_manifest(out, records, build)

@@ -18,6 +18,7 @@ from stx_platform.build.manifest import (
     write_record,
 )
 from stx_platform.build.label_sets import label_sample
+from stx_platform.build.quality import QualityConfig, QualityError, check_patches, check_sample
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig
 from stx_platform.patches.cut import patches_for_sample
@@ -41,9 +42,11 @@ def write_shard(url: str, sample, config: PatchConfig, say: Progress) -> tuple[i
 
 def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: LabelConfig, db,
                 previous: SlideRecord | None = None, cache_url: str | None = None,
-                verbose: bool = False) -> SlideRecord:
-    """Label and patch one slide into ``out``; never raises for a bad slide: the record says why.
-    Patches already cut with the same PatchConfig are kept (a label change never re-cuts)."""
+                verbose: bool = False, quality: QualityConfig | None = None) -> SlideRecord:
+    """Label and patch one slide into ``out``; never raises for a bad slide: the record says why
+    (a failed quality gate is named in ``gate``). Patches already cut with the same PatchConfig
+    are kept (a label change never re-cuts)."""
+    quality = quality or QualityConfig()
     from stx_platform.sources import read_sample, sample_id_of
 
     t0 = time.perf_counter()
@@ -55,6 +58,7 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
     try:
         sample = read_sample(ref)
         rec.sample_id, rec.organ, rec.cells = sample.sample_id, sample.organ, sample.n_cells
+        rec.warnings = check_sample(sample, quality)
         say(f"labelling {sample.n_cells:,} cells")
         rec.label_table, res = label_sample(sample, out, label_config, db, cache_url)
         rec.labels = {k: int(v) for k, v in res.cells["label"].value_counts().items()}
@@ -65,10 +69,12 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
         else:
             say("cutting patches")
             rec.patches, rec.nuclei = write_shard(storage.join(out, rec.shard), sample, patch_config, say)
+        check_patches(rec.patches, quality)
         rec.status = DONE
     except Exception as e:  # noqa: BLE001 - a bad slide is recorded, the build goes on
         rec.status = FAILED
         rec.error = f"{type(e).__name__}: {e}"
+        rec.gate = getattr(e, "gate", "") if isinstance(e, QualityError) else ""
         if not isinstance(e, (ValueError, OSError)):
             rec.error += "\n" + "".join(traceback.format_exception(e)[-3:])
     rec.seconds = round(time.perf_counter() - t0, 2)

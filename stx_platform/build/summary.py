@@ -32,6 +32,17 @@ def _labels(out: str, rec: dict) -> pd.Series:
     return cells["label"]
 
 
+def _problems(manifest: dict) -> str:
+    """Failed slides (with the quality gate or error) and warnings, for the summary."""
+    rows = [{"sample": r["sample_id"], "status": r["status"], "gate": r.get("gate") or "",
+             "reason": (r.get("error") or "").splitlines()[0] if r["status"] != "done" else "",
+             "warnings": "; ".join(r.get("warnings") or [])}
+            for r in manifest["slides"] if r["status"] != "done" or r.get("warnings")]
+    if not rows:
+        return ""
+    return "\n## Failed slides and warnings\n\n" + _markdown(pd.DataFrame(rows)) + "\n"
+
+
 def summarise(out: str, manifest: dict, n_pictures: int = 12, seed: int = 0) -> dict:
     """Tables (CSV + Markdown) and ``patches_by_label.png`` under ``<out>/summary/``."""
     from stx_platform.patches.schema import decode_image, decode_instance_map
@@ -59,7 +70,7 @@ def summarise(out: str, manifest: dict, n_pictures: int = 12, seed: int = 0) -> 
     storage.write_bytes(storage.join(folder, "nuclei_by_organ_and_class.csv"), by_organ.to_csv(index=False).encode())
     storage.write_bytes(storage.join(folder, "labels_per_slide.csv"), per_slide.to_csv(index=False).encode())
     md = ("## Nucleus instances in patches, by organ and label\n\n" + _markdown(by_organ)
-          + "\n\n## Cell labels per slide\n\n" + _markdown(per_slide) + "\n")
+          + "\n\n## Cell labels per slide\n\n" + _markdown(per_slide) + "\n" + _problems(manifest))
     storage.write_bytes(storage.join(folder, "summary.md"), md.encode())
 
     tiles = []
