@@ -243,7 +243,8 @@ def cmd_build(args) -> int:
             cmd_synth(build_parser().parse_args(["synth", "--out", source]))
     with _ray_session(args):
         manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide,
-                             max_parallel=args.max_parallel, quality=quality, max_attempts=args.max_attempts)
+                             max_parallel=args.max_parallel, quality=quality, max_attempts=args.max_attempts,
+                             review=not args.no_review)
     summary = summarise(args.out, manifest)
     print()
     print(summary["markdown"])
@@ -254,6 +255,34 @@ def cmd_build(args) -> int:
         run_id = log_to_mlflow(args.out, manifest, summary, uri)
         print(f"mlflow: run {run_id} at {uri}")
     return 0 if manifest["failed"] == 0 else 3
+
+
+def cmd_review(args) -> int:
+    from stx_platform import storage
+    from stx_platform.build.manifest import DONE, read_records
+    from stx_platform.build.review import review_paths
+
+    records = read_records(args.dataset)
+    rec = records.get(args.sample)
+    if rec is None:
+        raise ValueError(f"{args.dataset}: no slide {args.sample!r} in this build (slides: "
+                         f"{', '.join(sorted(records)) or 'none'})")
+    print(f"{rec.sample_id} ({rec.organ}): {rec.status}; {rec.cells:,} cells {rec.labels}, {rec.patches} patches")
+    for w in rec.warnings:
+        print(f"warning: {w}")
+    if rec.status != DONE:
+        print(f"failed{' the quality gate ' + rec.gate if rec.gate else ''}: {rec.error.splitlines()[0]}")
+        return 3
+    if not rec.review:
+        print("no review files: the slide was built with --no-review")
+        return 3
+    paths = review_paths(args.dataset, rec.sample_id)
+    hints = {"geojson": "QuPath: File > Import objects (or drag onto the slide)",
+             "h5ad": "scanpy: sc.read_h5ad(...); obs['stx_label'], obs['stx_cluster'], obsm['spatial']",
+             "thumbnail": "the slide with every nucleus outlined in its label's colour"}
+    for key, url in paths.items():
+        print(f"  {url}{'' if storage.exists(url) else ' (missing)'}  - {hints[key]}")
+    return 0
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -523,10 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slides built at once (default: as many as the cluster's CPUs hold, counting what its "
                          "autoscaler may add)")
     bd.add_argument("--mlflow", help="MLflow tracking URI to log the build to (default: MLFLOW_TRACKING_URI)")
+    bd.add_argument("--no-review", action="store_true", help="skip the per-slide review files (QuPath GeoJSON, "
+                                                             ".h5ad with labels, labelled thumbnail)")
     bd.add_argument("--max-attempts", type=int, default=2, help="starts per slide before a slide whose worker "
                                                                 "dies (native crash, out of memory) is failed")
     _label_options(bd)
     bd.set_defaults(func=cmd_build)
+
+    rv = sub.add_parser("review", help="where a built slide's review files are (QuPath GeoJSON, .h5ad with the "
+                                       "labels, labelled thumbnail); opens nothing")
+    rv.add_argument("sample", help="sample id")
+    rv.add_argument("--dataset", default="stx-data/dataset", help="built dataset URL (stx build --out)")
+    rv.set_defaults(func=cmd_review)
 
     tr = sub.add_parser("train", help="train CellViT on a built dataset with Ray Train, validating on a PanNuke "
                                       "fold every epoch; tracked in MLflow")

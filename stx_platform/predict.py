@@ -355,13 +355,15 @@ def class_colour(name: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in CLASS_COLOURS.get(str(name), OTHER_COLOUR))
 
 
-def iter_features(nuclei: pd.DataFrame, class_names: Sequence[str] | None = None) -> Iterator[dict]:
+def iter_features(nuclei: pd.DataFrame, class_names: Sequence[str] | None = None,
+                  measurements: Sequence[str] = ()) -> Iterator[dict]:
     """One QuPath detection Feature per nucleus (see the module docstring). Measurements: ``area``
-    (and ``area_um2``) and the ``prob_<class>`` columns, of ``class_names`` when given. Nuclei
-    classed Background (no class had a pixel) are left unclassified."""
+    (and ``area_um2``), the ``prob_<class>`` columns (of ``class_names`` when given) and the
+    numeric columns named in ``measurements``. Nuclei classed Background (no class had a pixel)
+    are left unclassified."""
     probs = ([f"prob_{c}" for c in class_names if f"prob_{c}" in nuclei.columns] if class_names is not None
              else [c for c in nuclei.columns if c.startswith("prob_")])
-    names = [c for c in ("area", "area_um2") if c in nuclei.columns] + probs
+    names = list(dict.fromkeys([c for c in ("area", "area_um2") if c in nuclei.columns] + probs + list(measurements)))
     values = nuclei[names].to_numpy(np.float64) if len(nuclei) else np.zeros((0, len(names)))
     for contour, cls, vals in zip(nuclei["contour"], nuclei["class_name"].astype(str), values):
         ring = np.round(np.asarray(contour, np.float64) + 0.5, 2)
@@ -379,14 +381,15 @@ def to_geojson(nuclei: pd.DataFrame, class_names: Sequence[str] | None = None) -
     return {"type": "FeatureCollection", "features": list(iter_features(nuclei, class_names))}
 
 
-def write_geojson(url: str, nuclei: pd.DataFrame, class_names: Sequence[str] | None = None) -> int:
+def write_geojson(url: str, nuclei: pd.DataFrame, class_names: Sequence[str] | None = None,
+                  measurements: Sequence[str] = ()) -> int:
     """Write :func:`to_geojson` to a local path or fsspec URL, feature by feature (a slide's
     million nuclei never sit in memory as one JSON string), committed whole when complete.
     Returns the number of features."""
     n = 0
     with storage.staged_output(url, ".geojson") as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write('{"type": "FeatureCollection", "features": [')
-        for n, feature in enumerate(iter_features(nuclei, class_names), 1):
+        for n, feature in enumerate(iter_features(nuclei, class_names, measurements), 1):
             f.write(("\n" if n == 1 else ",\n") + json.dumps(feature, separators=(",", ":")))
         f.write("\n]}\n")
     return n

@@ -38,6 +38,50 @@ def test_one_slide_gives_a_shard_a_label_table_and_a_record(ref, tmp_path):
     assert read_records(out)[rec.sample_id].status == DONE
 
 
+def test_review_files_open_in_qupaths_format_and_in_scanpy(ref, tmp_path, capsys):
+    import anndata as ad
+    import cv2
+    import numpy as np
+
+    from stx_platform.cli import main
+    from stx_platform.sources import read_sample
+    from stx_platform.taxonomy import CLASS_COLOURS
+
+    out = str(tmp_path)
+    rec = B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())
+    cells, _ = read_label_table(f"{out}/{rec.label_table}")
+    sample = read_sample(ref)
+    folder = tmp_path / rec.review
+    gj = json.loads((folder / "nuclei.geojson").read_text())
+    feats = gj["features"]
+    assert gj["type"] == "FeatureCollection" and len(feats) == rec.cells == sample.n_cells
+    f = feats[0]
+    assert f["properties"]["objectType"] == "detection" and f["geometry"]["type"] == "Polygon"
+    ring = f["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) >= 4
+    first = sample.cell_ids[0]
+    assert f["properties"]["classification"]["name"] == cells.loc[first, "label"]
+    m = f["properties"]["measurements"]
+    assert m["cluster"] == cells.loc[first, "cluster"] and {"votes_epithelial", "fallback", "area_um2"} <= set(m)
+    assert [g["properties"]["classification"]["name"] for g in feats] == list(cells["label"].reindex(sample.cell_ids))
+
+    a = ad.read_h5ad(folder / "cells.h5ad")
+    assert list(a.obs_names) == list(sample.cell_ids) and a.obsm["spatial"].shape == (sample.n_cells, 2)
+    assert (a.obs["stx_label"].astype(str) == cells["label"].reindex(a.obs_names).astype(str)).all()
+    assert (a.obs["stx_cluster"].astype(int) == cells["cluster"].reindex(a.obs_names)).all()
+    assert np.array_equal(a.X.toarray(), sample.expression.X.toarray()) and a.uns["stx"]["mpp"] == sample.mpp
+    img = cv2.cvtColor(cv2.imread(str(folder / "labels.png")), cv2.COLOR_BGR2RGB)
+    present = set(cells["label"])
+    for cls in present:   # every label on the slide is drawn in its colour
+        assert (img == np.array(CLASS_COLOURS[cls], np.uint8)).all(-1).any(), cls
+
+    assert main(["review", rec.sample_id, "--dataset", out]) == 0
+    printed = capsys.readouterr().out
+    assert str(folder / "nuclei.geojson") in printed and "QuPath" in printed and "(missing)" not in printed
+    assert main(["review", "nope", "--dataset", out]) == 2
+    assert f"no slide 'nope' in this build (slides: {rec.sample_id})" in capsys.readouterr().err
+
+
 def test_a_label_change_never_recuts_patches(ref, tmp_path, monkeypatch):
     out = str(tmp_path)
     first = B.build_slide(ref, out, PatchConfig(), LabelConfig(), default_markers())

@@ -82,3 +82,29 @@ def test_threaded_rendering_writes_the_same_image(tmp_path, tiff):
     with tifffile.TiffFile(path) as a, tifffile.TiffFile(tiff) as b:
         for la, lb in zip(a.series[0].levels, b.series[0].levels):
             assert np.array_equal(la.asarray(), lb.asarray())
+
+
+@pytest.mark.parametrize("layout", ["SYX", "CYX", "ZYXS", "YXS"])
+def test_h_and_e_ome_tiffs_in_any_channel_layout_read_the_same(tmp_path, layout):
+    """Scanners and converters write RGB as (y, x, 3), planar (3, y, x) or with a leading
+    singleton axis; each reads to the same (h, w, 3) regions."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    path = tmp_path / f"{layout}.ome.tif"
+    if layout in ("SYX", "CYX"):
+        tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), ome=True, tile=(16, 16), metadata={"axes": layout},
+                         photometric="rgb" if layout == "SYX" else "minisblack",
+                         **({"planarconfig": "separate"} if layout == "SYX" else {}))
+    else:
+        tifffile.imwrite(path, rgb[None] if layout == "ZYXS" else rgb, ome=True, tile=(16, 16), photometric="rgb",
+                         metadata={"axes": layout})
+    w = WSI(str(path))
+    assert (w.width, w.height) == (90, 70)
+    assert np.array_equal(w.read_region(5, 7, 40, 30), rgb[7:37, 5:45])
+    assert np.array_equal(w.read_region(80, 60, 20, 20)[:10, :10], rgb[60:, 80:])
+
+
+def test_a_grey_or_two_channel_image_is_not_h_and_e(tmp_path):
+    tifffile.imwrite(tmp_path / "grey.tif", np.zeros((2, 40, 50), np.uint8), metadata={"axes": "CYX"})
+    with pytest.raises(SampleError, match=r"expected an 8-bit RGB image, found shape \(2, 40, 50\)"):
+        WSI(str(tmp_path / "grey.tif")).width

@@ -34,6 +34,7 @@ class SlideRecord:
     label_set_id: str = ""
     shard: str = ""                 # relative to the build root
     label_table: str = ""           # relative to the build root
+    review: str = ""                # folder of the review files (GeoJSON, h5ad, picture), relative
     cells: int = 0
     patches: int = 0
     nuclei: int = 0                 # nucleus instances over all patches

@@ -3,6 +3,7 @@ per slide), record. Pure of Ray; ``stx_platform.build.run`` distributes it."""
 
 from __future__ import annotations
 
+import posixpath
 import time
 import traceback
 
@@ -19,6 +20,7 @@ from stx_platform.build.manifest import (
 )
 from stx_platform.build.label_sets import label_sample
 from stx_platform.build.quality import QualityConfig, QualityError, check_patches, check_sample
+from stx_platform.build.review import REVIEW_DIR, write_review
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig
 from stx_platform.patches.cut import patches_for_sample
@@ -42,10 +44,11 @@ def write_shard(url: str, sample, config: PatchConfig, say: Progress) -> tuple[i
 
 def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: LabelConfig, db,
                 previous: SlideRecord | None = None, cache_url: str | None = None,
-                verbose: bool = False, quality: QualityConfig | None = None) -> SlideRecord:
+                verbose: bool = False, quality: QualityConfig | None = None, review: bool = True) -> SlideRecord:
     """Label and patch one slide into ``out``; never raises for a bad slide: the record says why
     (a failed quality gate is named in ``gate``). Patches already cut with the same PatchConfig
-    are kept (a label change never re-cuts)."""
+    are kept (a label change never re-cuts). ``review`` writes the slide's review files
+    (:mod:`stx_platform.build.review`)."""
     quality = quality or QualityConfig()
     from stx_platform.sources import read_sample, sample_id_of
 
@@ -62,6 +65,10 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
         say(f"labelling {sample.n_cells:,} cells")
         rec.label_table, res = label_sample(sample, out, label_config, db, cache_url)
         rec.labels = {k: int(v) for k, v in res.cells["label"].value_counts().items()}
+        if review:
+            say("writing review files")
+            write_review(out, sample, res.cells)
+            rec.review = posixpath.join(REVIEW_DIR, sample.sample_id)
         rec.shard = shard_path(sample.sample_id)
         if patches_done(out, previous, rec.patch_config):
             rec.patches, rec.nuclei = previous.patches, previous.nuclei

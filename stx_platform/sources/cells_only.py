@@ -33,7 +33,7 @@ from stx_platform.errors import SampleError
 from stx_platform.organs import ORGANS, canonical_organ, experiment_organ, organ_from_metadata
 from stx_platform.sources.expression import MIN_QV, cell_by_gene
 from stx_platform.sources.features import gene_mask, normalise_cell_ids
-from stx_platform.sources.sample import align_expression, check_counts, check_sample_id
+from stx_platform.sources.sample import align_expression, check_counts, check_sample_id, read_input
 
 MATRIX_FILE = "cell_feature_matrix.h5"
 #: Files that make a folder a Xenium output (any software version, with or without H&E).
@@ -91,12 +91,7 @@ def read_cell_ids(url: str, sid: str) -> pd.Index | None:
     u = storage.join(url, rel)
     if not storage.exists(u):
         return None
-    try:
-        with storage.open_file(u) as f:
-            t = pq.read_table(f, columns=["cell_id"])
-    except Exception as e:
-        raise SampleError(sid, rel, f"not a readable Parquet file with a cell_id column ({type(e).__name__}: {e})"
-                          ) from None
+    t = read_input(u, sid, rel, lambda f: pq.read_table(f, columns=["cell_id"]), "Parquet (with a cell_id column)")
     return normalise_cell_ids(t.column("cell_id").to_numpy(zero_copy_only=False))
 
 
@@ -182,13 +177,7 @@ def read_h5ad_cells(url: str, sample_id: str | None = None, organ: str | None = 
     """An AnnData file of raw counts, one row per cell."""
     name = posixpath.basename(url.rstrip("/"))
     sid = check_sample_id(sample_id or name.removesuffix(".h5ad"), url)
-    try:
-        with storage.open_file(url) as f:
-            adata = ad.read_h5ad(f)
-    except FileNotFoundError:
-        raise SampleError(sid, name, "file not found") from None
-    except Exception as e:
-        raise SampleError(sid, name, f"not a readable h5ad file ({type(e).__name__}: {e})") from None
+    adata = read_input(url, sid, name, ad.read_h5ad, "h5ad")
     X, var_names, where = _raw_counts(adata)
     ftype = adata.var["feature_types"] if where != "raw.X" and "feature_types" in adata.var else None
     genes = gene_mask(var_names, feature_type=ftype)

@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 import shapely
 
+from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.sources.wsi import WSI
 
@@ -59,6 +60,19 @@ class Sample:
             "median_counts": float(np.median(np.asarray(self.expression.X.sum(1)).ravel())) if self.n_cells else 0.0,
             "ground_truth": self.ground_truth is not None, **self.provenance,
         }
+
+
+def read_input(url: str, sample_id: str, file: str, reader, kind: str):
+    """``reader(open file)``; a missing or unreadable file is a SampleError naming it."""
+    try:
+        with storage.open_file(url) as f:
+            return reader(f)
+    except SampleError:
+        raise
+    except FileNotFoundError:
+        raise SampleError(sample_id, file, "file not found") from None
+    except Exception as e:  # noqa: BLE001 - every library's error for a damaged file
+        raise SampleError(sample_id, file, f"not a readable {kind} file ({type(e).__name__}: {e})") from None
 
 
 def check_sample_id(sample_id: str, source: str | None = None) -> str:

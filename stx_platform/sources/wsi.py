@@ -54,17 +54,20 @@ class WSI:
         try:
             tif = tifffile.TiffFile(self._fh)
             series = tif.series[0]
-            shape = series.shape
-            dtype = series.dtype
+            shape, axes, dtype = series.shape, series.axes, series.dtype
         except Exception as e:  # tifffile raises many types on damaged files
             self.close()
             raise self._err(f"not a readable TIFF ({type(e).__name__}: {e})") from None
-        if len(shape) != 3 or shape[-1] not in (3, 4) or dtype != np.uint8:
+        chan = [i for i, a in enumerate(axes) if a in "SC" and shape[i] in (3, 4)]
+        extra = [i for i, a in enumerate(axes) if a not in "YX" and i not in chan[:1] and shape[i] != 1]
+        if "Y" not in axes or "X" not in axes or not chan or extra or dtype != np.uint8:
             self.close()
-            raise self._err(f"expected an 8-bit RGB image, found shape {shape} dtype {dtype}")
+            raise self._err(f"expected an 8-bit RGB image, found shape {shape} (axes {axes}) dtype {dtype}")
+        # (3, y, x) planar or channels-first OME-TIFFs as well as (y, x, 3): index each level by axis
+        self._axes, self._chan = axes, chan[0]
         self._tif = tif
         self._levels = [None] * len(series.levels)
-        self._shapes = [lv.shape for lv in series.levels]
+        self._shapes = [(lv.shape[axes.index("Y")], lv.shape[axes.index("X")]) for lv in series.levels]
 
     def _level(self, level: int):
         self._open()
@@ -105,8 +108,12 @@ class WSI:
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
         if x1 <= x0 or y1 <= y0:
             return out
+        idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else slice(None)
+                    if i == self._chan else 0 for i, a in enumerate(self._axes))
+        kept = [a for i, a in enumerate(self._axes) if a in "YX" or i == self._chan]
+        order = [kept.index("Y"), kept.index("X"), next(k for k, a in enumerate(kept) if a not in "YX")]
         try:
-            data = np.asarray(arr[y0:y1, x0:x1])
+            data = np.asarray(arr[idx]).transpose(order)
         except Exception as e:
             raise self._err(f"cannot decode region x={x0} y={y0} w={x1 - x0} h={y1 - y0} "
                             f"({type(e).__name__}: {e}); the file may be truncated or corrupt") from None

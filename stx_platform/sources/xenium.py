@@ -46,6 +46,7 @@ from stx_platform.sources.sample import (
     check_pixel_size,
     check_sample_id,
     nuclei_on_image,
+    read_input,
     valid_polygons,
 )
 from stx_platform.sources.wsi import WSI
@@ -92,13 +93,7 @@ def read_matrix(url: str, sid: str, rel: str = "cell_feature_matrix.h5") -> tupl
 
 def read_boundaries(url: str, sid: str, rel: str) -> tuple[pd.Index, np.ndarray]:
     """Cell ids and polygons (um) from a Xenium vertex table; one polygon per cell (the largest)."""
-    try:
-        with storage.open_file(url) as f:
-            t = pq.read_table(f)
-    except FileNotFoundError:
-        raise SampleError(sid, rel, "file not found") from None
-    except Exception as e:
-        raise SampleError(sid, rel, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+    t = read_input(url, sid, rel, pq.read_table, "Parquet")
     missing = [c for c in ("cell_id", "vertex_x", "vertex_y") if c not in t.column_names]
     if missing:
         raise SampleError(sid, rel, f"missing column(s) {missing}")
