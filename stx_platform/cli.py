@@ -78,10 +78,37 @@ def cmd_synth_pannuke(args) -> int:
     return 0
 
 
+def _bundle_options(args, source: str) -> dict:
+    """``--he-image`` / ``--alignment`` / ``--assignment`` for a source that is one Xenium bundle."""
+    from stx_platform.sources import is_xenium_bundle
+
+    opts = {k: v for k, v in (("he_image", args.he_image), ("alignment", args.alignment)) if v}
+    if getattr(args, "assignment", None) == "nucleus":
+        opts["assignment"] = "nucleus"
+    if opts and ("#" in source or not is_xenium_bundle(source)):
+        raise ValueError(f"--he-image, --alignment and --assignment nucleus name a Xenium bundle's files; {source} is "
+                         "not one Xenium bundle folder")
+    return opts
+
+
+def _bundle_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--he-image", help="Xenium bundle: the H&E OME-TIFF (a name in the bundle or a path/URL; "
+                                      "default: the one *he_image.ome.tif)")
+    p.add_argument("--alignment", help="Xenium bundle: the 3 x 3 H&E -> morphology alignment CSV (default: the "
+                                       "one *_imagealignment.csv)")
+
+
 def cmd_inspect(args) -> int:
     from stx_platform.sources import read_sample
 
-    kwargs = {"assignment": args.assignment} if "#" in args.sample else {}
+    if "#" in args.sample:
+        if args.he_image or args.alignment:
+            raise ValueError("--he-image and --alignment are for Xenium bundles; a HEST sample has its own")
+        kwargs = {"assignment": args.assignment}
+    elif args.assignment == "polygon":
+        raise ValueError("--assignment polygon is for HEST samples; a Xenium bundle counts by cell_id or nucleus")
+    else:  # a Xenium bundle: the whole cell (its matrix) or its nucleus
+        kwargs = _bundle_options(args, args.sample)
     s = read_sample(args.sample, **kwargs)
     for k, v in s.summary().items():
         print(f"{k:>28}: {v}")
@@ -241,10 +268,11 @@ def cmd_build(args) -> int:
         if not list_samples(source):
             print(f"no source given and {source} is empty: generating the embedded synthetic default there", flush=True)
             cmd_synth(build_parser().parse_args(["synth", "--out", source]))
+    reader_options = _bundle_options(args, source)
     with _ray_session(args):
         manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide,
                              max_parallel=args.max_parallel, quality=quality, max_attempts=args.max_attempts,
-                             review=not args.no_review)
+                             review=not args.no_review, reader_options=reader_options)
     summary = summarise(args.out, manifest)
     print()
     print(summary["markdown"])
@@ -509,7 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="read one sample (ROOT#ID for HEST, or a Xenium bundle folder) and summarise it")
     i.add_argument("sample")
     i.add_argument("--assignment", choices=("cell_id", "nucleus", "polygon"), default="cell_id",
-                   help="HEST: how transcripts go to nuclei (default: by cell_id)")
+                   help="how transcripts go to nuclei: by cell_id (default; bundles: the whole-cell matrix), "
+                        "nucleus (only those over the nucleus), polygon (HEST: point in nucleus polygon)")
+    _bundle_flags(i)
     i.set_defaults(func=cmd_inspect)
 
     lb = sub.add_parser("label", help="label the cells of slides (the paper's clustering + marker voting)")
@@ -552,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slides built at once (default: as many as the cluster's CPUs hold, counting what its "
                          "autoscaler may add)")
     bd.add_argument("--mlflow", help="MLflow tracking URI to log the build to (default: MLFLOW_TRACKING_URI)")
+    _bundle_flags(bd)
+    bd.add_argument("--assignment", choices=("cell_id", "nucleus"), default="cell_id",
+                    help="Xenium bundle: count the whole cell (default) or only transcripts over the nucleus")
     bd.add_argument("--no-review", action="store_true", help="skip the per-slide review files (QuPath GeoJSON, "
                                                              ".h5ad with labels, labelled thumbnail)")
     bd.add_argument("--max-attempts", type=int, default=2, help="starts per slide before a slide whose worker "

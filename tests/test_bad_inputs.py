@@ -199,7 +199,18 @@ def _bundle_fails(path, file_part, problem):
 
 def test_bundle_missing_alignment(bundle):
     next(bundle.glob("*he_imagealignment.csv")).unlink()
-    _bundle_fails(bundle, "he_imagealignment.csv", "no H&E alignment")
+    _bundle_fails(bundle, "_imagealignment.csv", "no H&E alignment")
+
+
+def test_bundle_alignment_named_after_its_image_and_keypoints_refused(bundle):
+    from stx_platform.sources.xenium import read_xenium_bundle as read
+
+    [al] = bundle.glob("*he_imagealignment.csv")
+    n = read(str(bundle)).n_cells
+    al.rename(bundle / "tissue_scan_imagealignment.csv")          # Xenium Explorer names it after the image
+    assert read(str(bundle)).n_cells == n
+    (bundle / "tissue_scan_imagealignment.csv").write_text("fixedX,fixedY,alignmentX,alignmentY\n1,2,3,4\n")
+    _bundle_fails(bundle, "tissue_scan_imagealignment.csv", "keypoints file")
 
 
 def test_bundle_singular_alignment(bundle):

@@ -60,3 +60,56 @@ def test_listing_finds_bundles(xenium_root):
     refs = list_samples(xenium_root)
     assert len(refs) == 3 and all(r.startswith(xenium_root) for r in refs)
     assert list_samples(refs[0]) == [refs[0]]
+
+
+def test_nucleus_only_counts_are_the_transcripts_over_each_nucleus(xenium_root):
+    name = sorted(list_xenium_bundles(xenium_root))[2]
+    whole = read_xenium_bundle(f"{xenium_root}/{name}")
+    nuc = read_xenium_bundle(f"{xenium_root}/{name}", assignment="nucleus")
+    t = pq.read_table(f"{xenium_root}/{name}/transcripts.parquet").to_pandas()
+    for c in ("cell_id", "feature_name"):   # this generation writes them as bytes
+        t[c] = t[c].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
+    t = t[(t["overlaps_nucleus"] == 1) & (t["qv"] >= 20) & t["cell_id"].isin(set(nuc.cell_ids))
+          & t["feature_name"].isin(set(nuc.expression.var_names))]
+    expected = t.groupby("cell_id").size().reindex(nuc.cell_ids, fill_value=0).to_numpy()
+    assert np.array_equal(np.asarray(nuc.expression.X.sum(1)).ravel(), expected)
+    assert nuc.provenance["assignment"] == "nucleus" and list(nuc.cell_ids) == list(whole.cell_ids)
+    assert 0 < nuc.expression.X.sum() < whole.expression.X.sum()
+
+
+def test_xenium_ranger_outs_folders_are_named_by_their_run(xenium_root, tmp_path):
+    import shutil
+
+    from stx_platform.sources import sample_id_of
+
+    src = sorted(list_xenium_bundles(xenium_root))[0]
+    for run in ("runA", "runB"):
+        shutil.copytree(f"{xenium_root}/{src}", tmp_path / run / "outs")
+    refs = list_samples(str(tmp_path))
+    assert refs == [str(tmp_path / "runA" / "outs"), str(tmp_path / "runB" / "outs")]
+    assert [sample_id_of(r) for r in refs] == ["runA", "runB"]
+    assert read_xenium_bundle(refs[1]).sample_id == "runB"
+
+
+def test_he_image_and_alignment_given_on_the_command_line(xenium_root, tmp_path, capsys):
+    import shutil
+
+    from stx_platform.cli import main
+
+    src = sorted(list_xenium_bundles(xenium_root))[0]
+    bundle = tmp_path / src
+    shutil.copytree(f"{xenium_root}/{src}", bundle)
+    elsewhere = tmp_path / "scans"
+    elsewhere.mkdir()
+    [he] = bundle.glob("*he_image.ome.tif")
+    [al] = bundle.glob("*he_imagealignment.csv")
+    shutil.move(he, elsewhere / "scan.ome.tif")
+    shutil.move(al, elsewhere / "scan_alignment.csv")
+    assert main(["inspect", str(bundle)]) == 2
+    assert "no H&E image" in capsys.readouterr().err
+    assert main(["inspect", str(bundle), "--he-image", str(elsewhere / "scan.ome.tif"),
+                 "--alignment", str(elsewhere / "scan_alignment.csv"), "--assignment", "nucleus"]) == 0
+    out = capsys.readouterr().out
+    assert "assignment: nucleus" in out and "transcripts.parquet" in out
+    assert main(["build", "--source", str(tmp_path), "--he-image", "x.ome.tif", "--out", str(tmp_path / "ds")]) == 2
+    assert "not one Xenium bundle folder" in capsys.readouterr().err

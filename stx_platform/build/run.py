@@ -40,11 +40,11 @@ class SlideBuilder:
     ``max_attempts`` times already is recorded as failed instead of being tried again."""
 
     def __init__(self, out: str, patch_config: dict, label_config: dict, previous: dict, quality: dict | None = None,
-                 max_attempts: int = MAX_ATTEMPTS, review: bool = True):
+                 max_attempts: int = MAX_ATTEMPTS, review: bool = True, reader_options: dict | None = None):
         from stx_platform.labels.markers import load_markers
 
         self.out = out
-        self.max_attempts, self.review = max_attempts, review
+        self.max_attempts, self.review, self.reader_options = max_attempts, review, reader_options or {}
         self.quality = QualityConfig.model_validate(quality or {})
         self.patch_config = PatchConfig.model_validate(patch_config)
         self.label_config = LabelConfig.model_validate(label_config)
@@ -66,7 +66,7 @@ class SlideBuilder:
             prev = self.previous.get(sid)
             rec = build_slide(row["ref"], self.out, self.patch_config, self.label_config, self.db,
                               previous=SlideRecord(**prev) if prev else None, quality=self.quality,
-                              review=self.review)
+                              review=self.review, reader_options=self.reader_options)
         storage.remove(url)
         return {"record": rec.to_json()}
 
@@ -81,7 +81,8 @@ def slide_workers(slides: int, cpus_per_slide: float, max_parallel: int | None =
 
 def run_build(source: str, out: str, patch_config: PatchConfig, label_config: LabelConfig,
               cpus_per_slide: float = 1.0, max_parallel: int | None = None, print_fn=print,
-              quality: QualityConfig | None = None, max_attempts: int = MAX_ATTEMPTS, review: bool = True) -> dict:
+              quality: QualityConfig | None = None, max_attempts: int = MAX_ATTEMPTS, review: bool = True,
+              reader_options: dict | None = None) -> dict:
     """Build (or resume) a dataset; returns the manifest document. On an autoscaling cluster
     the slide workers are asked for up front and the request withdrawn at the end."""
     import ray
@@ -131,7 +132,8 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
                                            "label_config": label_config.model_dump(),
                                            "previous": {k: v.to_json() for k, v in previous.items()},
                                            "quality": (quality or QualityConfig()).model_dump(),
-                                           "max_attempts": max_attempts, "review": review})
+                                           "max_attempts": max_attempts, "review": review,
+                                           "reader_options": reader_options})
         try:
             for i, row in enumerate(ds.iter_rows(), 1):
                 rec = SlideRecord(**row["record"])

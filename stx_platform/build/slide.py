@@ -44,11 +44,13 @@ def write_shard(url: str, sample, config: PatchConfig, say: Progress) -> tuple[i
 
 def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: LabelConfig, db,
                 previous: SlideRecord | None = None, cache_url: str | None = None,
-                verbose: bool = False, quality: QualityConfig | None = None, review: bool = True) -> SlideRecord:
+                verbose: bool = False, quality: QualityConfig | None = None, review: bool = True,
+                reader_options: dict | None = None) -> SlideRecord:
     """Label and patch one slide into ``out``; never raises for a bad slide: the record says why
     (a failed quality gate is named in ``gate``). Patches already cut with the same PatchConfig
     are kept (a label change never re-cuts). ``review`` writes the slide's review files
-    (:mod:`stx_platform.build.review`)."""
+    (:mod:`stx_platform.build.review`); ``reader_options`` go to the reader (a bundle's
+    ``he_image``, ``alignment``, ``assignment``)."""
     quality = quality or QualityConfig()
     from stx_platform.sources import read_sample, sample_id_of
 
@@ -59,7 +61,7 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
     rec = SlideRecord(sample_id=sid, ref=ref, status=FAILED, patch_config=patch_config.config_hash(),
                       label_set_id=set_id)
     try:
-        sample = read_sample(ref)
+        sample = read_sample(ref, **(reader_options or {}))
         rec.sample_id, rec.organ, rec.cells = sample.sample_id, sample.organ, sample.n_cells
         rec.warnings = check_sample(sample, quality)
         say(f"labelling {sample.n_cells:,} cells")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from stx_platform import storage
 from stx_platform.sources.hest import list_hest_samples, read_hest_sample
-from stx_platform.sources.sample import Sample
+from stx_platform.sources.sample import Sample, folder_sample_id
 from stx_platform.sources.xenium import (
     is_xenium_bundle,
     list_xenium_bundles,
@@ -42,8 +42,9 @@ def sample_refs(url: str) -> list[str]:
 
 
 def sample_id_of(ref: str) -> str:
-    """The sample id a reference names (the part after ``#``, or the bundle folder's name)."""
-    return ref.rsplit("#", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    """The sample id a reference names: the part after ``#``, or the bundle folder's name (its
+    parent's for Xenium Ranger's ``<id>/outs``)."""
+    return ref.rsplit("#", 1)[-1] if "#" in ref else folder_sample_id(ref)
 
 
 def read_sample(ref: str, **kwargs) -> Sample:

@@ -33,7 +33,13 @@ from stx_platform.errors import SampleError
 from stx_platform.organs import ORGANS, canonical_organ, experiment_organ, organ_from_metadata
 from stx_platform.sources.expression import MIN_QV, cell_by_gene
 from stx_platform.sources.features import gene_mask, normalise_cell_ids
-from stx_platform.sources.sample import align_expression, check_counts, check_sample_id, read_input
+from stx_platform.sources.sample import (
+    align_expression,
+    check_counts,
+    check_sample_id,
+    folder_sample_id,
+    read_input,
+)
 
 MATRIX_FILE = "cell_feature_matrix.h5"
 #: Files that make a folder a Xenium output (any software version, with or without H&E).
@@ -95,29 +101,29 @@ def read_cell_ids(url: str, sid: str) -> pd.Index | None:
     return normalise_cell_ids(t.column("cell_id").to_numpy(zero_copy_only=False))
 
 
-def _transcripts_per_cell(url: str, sid: str, cells: pd.Index, min_qv: float):
+def transcripts_per_cell(url: str, sid: str, cells: pd.Index, min_qv: float = MIN_QV, mode: str = "cell_id"):
+    """(counts cells x genes, gene names, provenance) from a Xenium folder's ``transcripts.parquet``:
+    gene transcripts with qv >= ``min_qv`` by ``cell_id``; ``mode="nucleus"`` keeps only those
+    over the cell's nucleus (``overlaps_nucleus``)."""
     rel = "transcripts.parquet"
     u = storage.join(url, rel)
     if not storage.exists(u):
-        raise SampleError(sid, None, f"{url} has neither {MATRIX_FILE} nor transcripts.parquet: no per-cell "
-                                     "expression to label")
-    try:
-        with storage.open_file(u) as f:
-            have = set(pq.read_schema(f).names)
-            missing = [c for c in ("cell_id", "feature_name") if c not in have]
-            if missing:
-                raise SampleError(sid, rel, f"missing column(s) {missing} (columns: {sorted(have)})")
-            cols = ["cell_id", "feature_name"] + [c for c in ("qv", "is_gene") if c in have]
-            table = pq.read_table(f, columns=cols, read_dictionary=["cell_id", "feature_name"])
-    except SampleError:
-        raise
-    except Exception as e:
-        raise SampleError(sid, rel, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
-    mat, genes, stats = cell_by_gene(table, cells, min_qv=min_qv)
+        raise SampleError(sid, rel, f"file not found in {url}: needed to count transcripts per cell")
+    need = ["cell_id", "feature_name"] + (["overlaps_nucleus"] if mode == "nucleus" else [])
+
+    def read(f):
+        have = set(pq.read_schema(f).names)
+        missing = [c for c in need if c not in have]
+        if missing:
+            raise SampleError(sid, rel, f"missing column(s) {missing} (columns: {sorted(have)})")
+        cols = need + [c for c in ("qv", "is_gene") if c in have]
+        return pq.read_table(f, columns=cols, read_dictionary=["cell_id", "feature_name"])
+    table = read_input(u, sid, rel, read, "Parquet")
+    mat, genes, stats = cell_by_gene(table, cells, min_qv=min_qv, mode=mode)
     if stats.kept == 0:
-        raise SampleError(sid, rel, f"no transcript of a gene with qv >= {min_qv} belongs to a cell of "
-                                    "cells.parquet")
-    return check_counts(mat, sid, rel), genes, {"expression_from": rel, "min_qv": min_qv,
+        raise SampleError(sid, rel, f"no transcript of a gene with qv >= {min_qv} belongs to a listed cell"
+                                    + (" over its nucleus" if mode == "nucleus" else ""))
+    return check_counts(mat, sid, rel), genes, {"expression_from": rel, "assignment": mode, "min_qv": min_qv,
                                                 **{f"transcripts_{k}": v for k, v in stats.as_dict().items()}}
 
 
@@ -127,7 +133,7 @@ def read_xenium_cells(url: str, sample_id: str | None = None, organ: str | None 
     from stx_platform.sources.xenium import read_matrix
 
     url = url.rstrip("/")
-    sid = check_sample_id(sample_id or posixpath.basename(url), url)
+    sid = check_sample_id(sample_id or folder_sample_id(url), url)
     exp = _read_experiment_if_any(url, sid)
     cells = read_cell_ids(url, sid)
     if storage.exists(storage.join(url, MATRIX_FILE)):
@@ -135,7 +141,7 @@ def read_xenium_cells(url: str, sample_id: str | None = None, organ: str | None 
         X = check_counts(X, sid, MATRIX_FILE)
         prov = {"expression_from": MATRIX_FILE}
     elif cells is not None:
-        X, genes, prov = _transcripts_per_cell(url, sid, cells, min_qv)
+        X, genes, prov = transcripts_per_cell(url, sid, cells, min_qv)
         ids = cells
     else:
         raise SampleError(sid, None, f"{url} has neither {MATRIX_FILE} nor cells.parquet with transcripts.parquet")
@@ -153,7 +159,7 @@ def read_matrix_file(url: str, sample_id: str | None = None, organ: str | None =
 
     name = posixpath.basename(url.rstrip("/"))
     folder = posixpath.dirname(url.rstrip("/"))
-    default_id = posixpath.basename(folder) if name == MATRIX_FILE and folder else name.rsplit(".", 1)[0]
+    default_id = folder_sample_id(folder) if name == MATRIX_FILE and folder else name.rsplit(".", 1)[0]
     sid = check_sample_id(sample_id or default_id, url)
     X, ids, genes = read_matrix(url, sid, name)
     X = check_counts(X, sid, name)

@@ -75,6 +75,20 @@ def read_input(url: str, sample_id: str, file: str, reader, kind: str):
         raise SampleError(sample_id, file, f"not a readable {kind} file ({type(e).__name__}: {e})") from None
 
 
+#: Folder names a tool gives every run's output (Xenium Ranger writes ``<id>/outs/``): the
+#: parent folder then names the sample.
+GENERIC_FOLDERS = ("outs", "output", "outputs")
+
+
+def folder_sample_id(url: str) -> str:
+    """The sample id of an output folder: its name, or its parent's for a generic name."""
+    parts = [p for p in str(url).rstrip("/").split("/") if p]
+    name = parts[-1] if parts else ""
+    if name.lower() in GENERIC_FOLDERS and len(parts) > 1 and not parts[-2].endswith(":"):
+        return parts[-2]
+    return name
+
+
 def check_sample_id(sample_id: str, source: str | None = None) -> str:
     """Reject ids that could escape the dataset folder or break file names."""
     if not isinstance(sample_id, str) or not _SAFE_ID.match(sample_id) or ".." in sample_id:

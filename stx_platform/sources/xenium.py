@@ -37,7 +37,7 @@ from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.organs import experiment_organ
 from stx_platform.sources.annotations import read_ground_truth
-from stx_platform.sources.cells_only import is_xenium_folder, read_cell_ids
+from stx_platform.sources.cells_only import is_xenium_folder, read_cell_ids, transcripts_per_cell
 from stx_platform.sources.features import as_text, gene_mask, normalise_cell_ids
 from stx_platform.sources.sample import (
     Sample,
@@ -45,6 +45,7 @@ from stx_platform.sources.sample import (
     check_counts,
     check_pixel_size,
     check_sample_id,
+    folder_sample_id,
     nuclei_on_image,
     read_input,
     valid_polygons,
@@ -59,8 +60,17 @@ def is_xenium_bundle(url: str) -> bool:
 
 
 def list_xenium_bundles(root: str) -> list[str]:
-    """Xenium output folder names directly under ``root``."""
-    return [n for n in storage.listdir(root) if not n.startswith(".") and is_xenium_bundle(storage.join(root, n))]
+    """Xenium output folders directly under ``root``, as paths relative to it: ``NAME``, or
+    ``NAME/outs`` for a Xenium Ranger run folder."""
+    out = []
+    for n in storage.listdir(root):
+        if n.startswith("."):
+            continue
+        if is_xenium_bundle(storage.join(root, n)):
+            out.append(n)
+        elif is_xenium_bundle(storage.join(root, n, "outs")):
+            out.append(f"{n}/outs")
+    return out
 
 
 def _find(url: str, suffix: str, sid: str, what: str) -> str:
@@ -120,11 +130,31 @@ def read_boundaries(url: str, sid: str, rel: str) -> tuple[pd.Index, np.ndarray]
     return pd.Index(run_ids, dtype=object), polys
 
 
+def _find_alignment(url: str, he_rel: str, sid: str) -> str:
+    """The H&E alignment matrix: ``*_imagealignment.csv`` (``<image>_imagealignment.csv`` as
+    Xenium Explorer names it after the image; several: the one named after ``he_rel``)."""
+    hits = sorted(n for n in storage.listdir(url) if n.endswith("imagealignment.csv") and not n.startswith("."))
+    if len(hits) > 1:
+        stem = posixpath.basename(he_rel).split(".", 1)[0]
+        named = [n for n in hits if n.startswith(stem.removesuffix("_image").removesuffix("image"))]
+        hits = named if len(named) == 1 else hits
+    if len(hits) != 1:
+        raise SampleError(sid, "*_imagealignment.csv", f"{'no' if not hits else 'several'} H&E alignment file(s) in "
+                                                        f"{url}{': ' + ', '.join(hits) if hits else ''}")
+    return hits[0]
+
+
 def read_alignment(url: str, sid: str, rel: str) -> np.ndarray:
     try:
         raw = storage.read_bytes(url).decode("utf-8")
+        if "fixedx" in raw[:200].lower().replace(" ", ""):
+            raise SampleError(sid, rel, "a Xenium Explorer keypoints file (fixedX, fixedY, alignmentX, alignmentY), "
+                                        "not the 3 x 3 alignment matrix; use the matrix Xenium Explorer exports "
+                                        "with it (a headerless 3 x 3 CSV)")
         m = np.array([[float(v) for v in line.replace(";", ",").split(",") if v.strip()]
                       for line in raw.strip().splitlines() if line.strip()])
+    except SampleError:
+        raise
     except FileNotFoundError:
         raise SampleError(sid, rel, "file not found") from None
     except (UnicodeDecodeError, ValueError) as e:
@@ -164,18 +194,27 @@ def open_he_image(url: str, sid: str, exp: dict | None = None, he_image: str | N
     px_um = check_pixel_size(exp.get("pixel_size"), sid, "experiment.xenium", "pixel_size")
     he_rel = he_image or _find(url, "he_image.ome.tif", sid, "H&E image (*he_image.ome.tif; patches need the "
                                                              "post-run H&E, `stx label` labels without it)")
-    al_rel = alignment or _find(url, "he_imagealignment.csv", sid, "H&E alignment (*he_imagealignment.csv)")
-    m = read_alignment(storage.join(url, al_rel), sid, al_rel)
+    al_rel = alignment or _find_alignment(url, he_rel, sid)
+    m = read_alignment(_in_bundle(url, al_rel), sid, al_rel)
     mpp = px_um * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
-    return HEImage(WSI(storage.join(url, he_rel), sid, he_rel), mpp, m, px_um)
+    return HEImage(WSI(_in_bundle(url, he_rel), sid, he_rel), mpp, m, px_um)
+
+
+def _in_bundle(url: str, name: str) -> str:
+    """A file named inside the bundle, or given by its own path or URL (``--he-image``)."""
+    return name if "://" in name or name.startswith("/") else storage.join(url, name)
 
 
 def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None = None,
                        he_image: str | None = None, alignment: str | None = None,
-                       annotations: str | None = None) -> Sample:
-    """Read a Xenium bundle folder; the H&E and alignment are found in it unless given."""
+                       annotations: str | None = None, assignment: str = "cell") -> Sample:
+    """Read a Xenium bundle folder; the H&E and alignment are found in it unless given.
+    ``assignment``: "cell" counts the whole cell (``cell_feature_matrix.h5``), "nucleus" only the
+    transcripts over its nucleus (``transcripts.parquet``, as the HEST reader's nucleus mode)."""
+    if assignment not in ("cell", "nucleus"):
+        raise ValueError(f"assignment must be 'cell' or 'nucleus', not {assignment!r}")
     url = url.rstrip("/")
-    sid = check_sample_id(sample_id or posixpath.basename(url), url)
+    sid = check_sample_id(sample_id or folder_sample_id(url), url)
     exp = read_experiment(url, sid)
 
     X, barcodes, genes = read_matrix(storage.join(url, "cell_feature_matrix.h5"), sid)
@@ -184,6 +223,9 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     if cids is not None and (len(cids) != len(barcodes) or not cids.isin(barcodes).all()):
         raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
                                                 f"{len(barcodes)}; the two disagree")
+    counted = {"expression_from": "cell_feature_matrix.h5"}
+    if assignment == "nucleus":
+        X, genes, counted = transcripts_per_cell(url, sid, barcodes, mode="nucleus")
 
     he = open_he_image(url, sid, exp, he_image, alignment)
     wsi, mpp, m, px_um = he.wsi, he.mpp, he.alignment, he.morphology_mpp
@@ -197,7 +239,7 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     nuclei, usable, repaired = valid_polygons(nuclei)
     on = nuclei_on_image(nuclei[usable], nids[usable], width, height, sid, nb_rel)
     nuclei, nids = nuclei[usable][on], nids[usable][on]
-    adata, extra = align_expression(X, barcodes, genes, nids, sid, "cell_feature_matrix.h5")
+    adata, extra = align_expression(X, barcodes, genes, nids, sid, counted["expression_from"])
     extra.update(nuclei_off_image=int((~on).sum()), nuclei_repaired=repaired, nuclei_unusable=int((~usable).sum()))
     truth_url = annotations or storage.join(url, f"{sid}_annotation.csv")
     truth = read_ground_truth(truth_url, sid)
@@ -206,4 +248,4 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     organ = organ or experiment_organ(exp) or "unknown"
     return Sample(sample_id=sid, organ=str(organ), mpp=mpp, wsi=wsi, nuclei=nuclei, expression=adata, metadata=meta,
                   source=url, technology="Xenium", ground_truth=truth,
-                  provenance={"expression_from": "cell_feature_matrix.h5", **extra})
+                  provenance={**counted, **extra})
