@@ -97,7 +97,7 @@ def read_cell_ids(url: str, sid: str) -> pd.Index | None:
     u = storage.join(url, rel)
     if not storage.exists(u):
         return None
-    t = read_input(u, sid, rel, lambda f: pq.read_table(f, columns=["cell_id"]), "Parquet (with a cell_id column)")
+    t = read_input(u, sid, rel, lambda f: pq.read_table(f, columns=["cell_id"]), "Parquet")
     return normalise_cell_ids(t.column("cell_id").to_numpy(zero_copy_only=False))
 
 
