@@ -4,8 +4,10 @@ Writes a Xenium-like transcripts Parquet file (string cell ids as Xenium >= 2.0 
 string feature names incl. negative controls, float qv), then times, from the file:
 the reader's path (``pq.read_table`` with dictionary columns + ``cell_by_gene``) against the
 obvious pandas recipe (``pd.read_parquet``, filter, ``groupby([cell_id, feature_name]).size()``,
-sparse pivot), checking both give the same matrix; and ``cell_by_gene`` alone on a table of
-plain strings (no dictionary from the file).
+sparse pivot), checking both give the same matrix; ``cell_by_gene`` alone on a table of
+plain strings (no dictionary from the file); and the peak memory of reading the file whole
+against the readers' row-group streaming (``count_parquet``), each in its own process
+(peak RSS, the kernel's VmHWM, above an idle interpreter that imported the same modules).
 
     python bench/expression.py                    # 20M transcripts, 200k cells
     python bench/expression.py --transcripts 2e6  # quicker
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from stx_platform.sources.expression import cell_by_gene
+from stx_platform.sources.expression import cell_by_gene, count_parquet
 from stx_platform.synth.panel import control_features, gene_panel
 
 
@@ -54,6 +58,31 @@ def pandas_baseline(path: str, ids: pd.Index, genes: list[str]) -> sp.csr_matrix
     return sp.csr_matrix((sizes.to_numpy(), (rows, cols)), shape=(len(ids), len(genes)))
 
 
+_CHILD = """
+import sys, pandas as pd, pyarrow.parquet as pq
+from stx_platform.sources.expression import cell_by_gene, count_parquet
+path, n_cells, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ids = pd.Index([f"{i:08x}-1" for i in range(n_cells)])
+cols = ["cell_id", "feature_name", "qv"]
+if how == "whole":
+    m, _, _ = cell_by_gene(pq.read_table(path, columns=cols, read_dictionary=["cell_id", "feature_name"]), ids)
+elif how == "stream":
+    m, _, _ = count_parquet(path, cols, ids)
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0].split()[1]
+print(int(m.sum()) if how != "idle" else 0, int(hwm) * 1024)
+"""
+
+
+def peak_rss(path: str, n_cells: int, how: str) -> tuple[int, int]:
+    """(peak RSS in bytes, the matrix total) of a fresh process running one path: the kernel's
+    high-water mark of that process's memory (``VmHWM``, Linux), read by the process itself."""
+    r = subprocess.run([sys.executable, "-c", _CHILD, path, str(n_cells), how], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{how} child failed: {r.stderr[-2000:]}")
+    total, peak = r.stdout.split()
+    return int(peak), int(total)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transcripts", type=float, default=20e6)
@@ -77,6 +106,20 @@ def main() -> None:
         del tx
         print(f"stx reader path (read + cell_by_gene): {t_ours:6.2f} s  ({n_tx / t_ours / 1e6:.1f} M transcripts/s)")
         print(f"  {stats.as_dict()}")
+
+        t = time.perf_counter()
+        streamed, _, _ = count_parquet(path, ["cell_id", "feature_name", "qv"], ids)
+        t_stream = time.perf_counter() - t
+        print(f"stx reader path, row-group streaming:  {t_stream:6.2f} s  ({t_stream / t_ours:.2f}x the whole-file time)")
+        if streamed.sum() != ours.sum():
+            raise SystemExit("streaming and whole-file counts differ")
+
+        idle, _ = peak_rss(path, args.cells, "idle")
+        rss = {how: peak_rss(path, args.cells, how) for how in ("whole", "stream")}
+        for how, (peak, total) in rss.items():
+            print(f"peak memory, {how:>6}: {(peak - idle) / 1e6:7.0f} MB above an idle interpreter "
+                  f"({(peak - idle) / n_tx:.1f} bytes per transcript)")
+        print(f"  streaming needs {(rss['whole'][0] - idle) / max(rss['stream'][0] - idle, 1):.1f}x less")
 
         t = time.perf_counter()
         base = pandas_baseline(path, ids, genes)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.organs import ORGANS, canonical_organ, experiment_organ, organ_from_metadata
-from stx_platform.sources.expression import MIN_QV, cell_by_gene
+from stx_platform.sources.expression import MIN_QV, count_parquet
 from stx_platform.sources.features import gene_mask, normalise_cell_ids
 from stx_platform.sources.sample import (
     align_expression,
@@ -111,15 +111,13 @@ def transcripts_per_cell(url: str, sid: str, cells: pd.Index, min_qv: float = MI
         raise SampleError(sid, rel, f"file not found in {url}: needed to count transcripts per cell")
     need = ["cell_id", "feature_name"] + (["overlaps_nucleus"] if mode == "nucleus" else [])
 
-    def read(f):
+    def count(f):
         have = set(pq.read_schema(f).names)
         missing = [c for c in need if c not in have]
         if missing:
             raise SampleError(sid, rel, f"missing column(s) {missing} (columns: {sorted(have)})")
-        cols = need + [c for c in ("qv", "is_gene") if c in have]
-        return pq.read_table(f, columns=cols, read_dictionary=["cell_id", "feature_name"])
-    table = read_input(u, sid, rel, read, "Parquet")
-    mat, genes, stats = cell_by_gene(table, cells, min_qv=min_qv, mode=mode)
+        return count_parquet(f, need + [c for c in ("qv", "is_gene") if c in have], cells, min_qv=min_qv, mode=mode)
+    mat, genes, stats = read_input(u, sid, rel, count, "Parquet")
     if stats.kept == 0:
         raise SampleError(sid, rel, f"no transcript of a gene with qv >= {min_qv} belongs to a listed cell"
                                     + (" over its nucleus" if mode == "nucleus" else ""))

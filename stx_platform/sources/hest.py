@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.sources.annotations import read_ground_truth
-from stx_platform.sources.expression import MIN_QV, cell_by_gene
+from stx_platform.sources.expression import MIN_QV, count_parquet
 from stx_platform.sources.features import gene_mask, normalise_cell_ids
 from stx_platform.sources.sample import (
     Sample,
@@ -39,6 +39,7 @@ from stx_platform.sources.sample import (
     check_pixel_size,
     check_sample_id,
     nuclei_on_image,
+    read_input,
     valid_polygons,
     polygons_from_geometry,
 )
@@ -135,28 +136,22 @@ def _transcript_expression(root: str, sample_id: str, nucleus_ids: pd.Index, nuc
                                           "pseudo-spots), so per-cell expression must be built from the transcripts")
     need = {"cell_id": ["feature_name", "cell_id"], "nucleus": ["feature_name", "cell_id", "overlaps_nucleus"],
             "polygon": ["feature_name", "he_x", "he_y"]}[mode]
-    try:
-        with storage.open_file(url) as f:
-            schema = pq.read_schema(f)
-            have = set(schema.names)
-            missing = [c for c in need if c not in have]
-            if missing:
-                raise SampleError(sample_id, rel, f"missing column(s) {missing} needed for assignment mode {mode!r} "
-                                                  f"(columns: {sorted(have)})")
-            cols = need + [c for c in ("qv", "is_gene") if c in have]
-            table = pq.read_table(f, columns=cols, read_dictionary=[c for c in ("feature_name", "cell_id") if c in cols])
-    except SampleError:
-        raise
-    except Exception as e:
-        raise SampleError(sample_id, rel, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
-    if table.num_rows == 0:
+
+    def count(f):
+        have = set(pq.read_schema(f).names)
+        missing = [c for c in need if c not in have]
+        if missing:
+            raise SampleError(sample_id, rel, f"missing column(s) {missing} needed for assignment mode {mode!r} "
+                                              f"(columns: {sorted(have)})")
+        cols = need + [c for c in ("qv", "is_gene") if c in have]
+        return count_parquet(f, cols, nucleus_ids, min_qv=min_qv, mode=mode, nuclei=nuclei)
+    mat, genes, stats = read_input(url, sample_id, rel, count, "Parquet")
+    if stats.transcripts == 0:
         raise SampleError(sample_id, rel, "no transcripts")
-    mat, genes, stats = cell_by_gene(table, nucleus_ids, min_qv=min_qv, mode=mode, nuclei=nuclei)
     if stats.kept == 0:
-        example = table.column("cell_id")[0].as_py() if "cell_id" in table.column_names else None
         raise SampleError(sample_id, rel, "no transcript could be assigned to a nucleus: cell ids differ between "
-                                          f"transcripts (e.g. {example!r}) and nucleus polygons (e.g. "
-                                          f"{nucleus_ids[0]!r}), or no transcript passed qv >= {min_qv}")
+                                          f"transcripts and nucleus polygons (e.g. {nucleus_ids[0]!r}), or no "
+                                          f"transcript passed qv >= {min_qv}")
     X = check_counts(mat, sample_id, rel)
     return X, genes, stats
 
