@@ -130,12 +130,13 @@ _STAGED = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}\.
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process of that id exists (one of another user's counts too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -50,10 +50,9 @@ def nucleus_table(sample, cells: pd.DataFrame) -> pd.DataFrame:
 def write_review(out: str, sample, cells: pd.DataFrame, thumbnail_px: int = 1600) -> dict[str, str]:
     """Write the three review files of ``sample`` labelled ``cells`` (a label table) into the
     dataset ``out``; returns their URLs."""
-    import cv2
-
     from stx_platform.predict import overlay, write_geojson
     from stx_platform.taxonomy import LABEL_CLASSES
+    from stx_platform.viz import save_png
 
     paths = review_paths(out, sample.sample_id)
     if "cell_id" in cells.columns:
@@ -74,7 +73,5 @@ def write_review(out: str, sample, cells: pd.DataFrame, thumbnail_px: int = 1600
 
     thumb = sample.wsi.thumbnail(thumbnail_px)
     scale = thumb.shape[1] / sample.wsi.width
-    img = overlay(thumb, nuclei, scale=scale, classes=list(LABEL_CLASSES))
-    ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    storage.write_bytes(paths["thumbnail"], png.tobytes())
+    save_png(paths["thumbnail"], overlay(thumb, nuclei, scale=scale, classes=list(LABEL_CLASSES)))
     return paths

@@ -91,15 +91,12 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
     from stx_platform.sources import sample_id_of, sample_refs
 
     t0 = time.perf_counter()
-    refs = sample_refs(source)
-    if "#" not in source:
-        from stx_platform.sources.hest import hest_technologies
-
-        other = {sid: t for sid, t in hest_technologies(source).items() if t.lower() != "xenium"}
-        if other:
-            kinds = ", ".join(f"{t}: {n}" for t, n in sorted(Counter(other.values()).items()))
-            print_fn(f"build: skipped {len(other)} non-Xenium sample(s) in {source} ({kinds}): no per-cell "
-                     "expression or nucleus segmentation")
+    other: dict[str, str] = {}
+    refs = sample_refs(source, skipped=other)
+    if other:
+        kinds = ", ".join(f"{t}: {n}" for t, n in sorted(Counter(other.values()).items()))
+        print_fn(f"build: skipped {len(other)} non-Xenium sample(s) in {source} ({kinds}): no per-cell "
+                 "expression or nucleus segmentation")
     stale = storage.remove_stale_staging(out)
     if stale:
         print_fn(f"build: removed {len(stale)} partial file(s) that a killed run left in {out}")

@@ -83,7 +83,7 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
     except Exception as e:  # noqa: BLE001 - a bad slide is recorded, the build goes on
         rec.status = FAILED
         rec.error = f"{type(e).__name__}: {e}"
-        rec.gate = getattr(e, "gate", "") if isinstance(e, QualityError) else ""
+        rec.gate = e.gate if isinstance(e, QualityError) else ""
         if not isinstance(e, (ValueError, OSError)):
             rec.error += "\n" + "".join(traceback.format_exception(e)[-3:])
     rec.seconds = round(time.perf_counter() - t0, 2)

@@ -7,7 +7,7 @@ holding ``metadata/``, ``wsis/``...), or the URL of a Xenium bundle folder.
 from __future__ import annotations
 
 from stx_platform import storage
-from stx_platform.sources.hest import list_hest_samples, read_hest_sample
+from stx_platform.sources.hest import hest_technologies, read_hest_sample
 from stx_platform.sources.sample import Sample, folder_sample_id
 from stx_platform.sources.xenium import (
     is_xenium_bundle,
@@ -15,29 +15,39 @@ from stx_platform.sources.xenium import (
     read_xenium_bundle,
 )
 
-__all__ = ["Sample", "list_samples", "read_sample", "read_hest_sample", "read_xenium_bundle", "sample_id_of",
+__all__ = ["Sample", "find_samples", "list_samples", "read_sample", "read_hest_sample", "read_xenium_bundle", "sample_id_of",
            "sample_refs"]
+
+
+def find_samples(url: str) -> tuple[list[str], dict[str, str]]:
+    """(references of every sample under ``url``, id -> technology of the HEST samples left out
+    as not Xenium): HEST samples, Xenium bundles, or ``url`` itself. One pass over the metadata."""
+    url = str(url).rstrip("/")
+    if is_xenium_bundle(url):
+        return [url], {}
+    techs = hest_technologies(url)
+    refs = [f"{url}#{sid}" for sid, tech in techs.items() if tech.lower() == "xenium"]
+    refs += [storage.join(url, name) for name in list_xenium_bundles(url)]
+    return refs, {sid: tech for sid, tech in techs.items() if tech.lower() != "xenium"}
 
 
 def list_samples(url: str) -> list[str]:
     """References of every sample under ``url``: HEST samples, Xenium bundles, or ``url`` itself."""
-    url = str(url).rstrip("/")
-    if is_xenium_bundle(url):
+    return find_samples(url)[0]
+
+
+def sample_refs(url: str, skipped: dict | None = None) -> list[str]:
+    """``[url]`` for one ``ROOT#ID`` reference, else every sample under ``url``; an error when none.
+    ``skipped``, when given, receives the non-Xenium HEST samples left out (id -> technology)."""
+    if "#" in url:
         return [url]
-    refs = [f"{url}#{sid}" for sid in list_hest_samples(url)]
-    refs += [storage.join(url, name) for name in list_xenium_bundles(url)]
-    return refs
-
-
-def sample_refs(url: str) -> list[str]:
-    """``[url]`` for one ``ROOT#ID`` reference, else every sample under ``url``; an error when none."""
-    refs = [url] if "#" in url else list_samples(url)
+    refs, other = find_samples(url)
+    if skipped is not None:
+        skipped.update(other)
     if not refs:
-        from stx_platform.sources.hest import hest_technologies
-
-        other = sorted(set(hest_technologies(url).values()))
-        raise ValueError(f"no samples under {url}" + (f" (only {', '.join(other)} samples, which have no per-cell "
-                                                       "expression)" if other else ""))
+        kinds = sorted(set(other.values()))
+        raise ValueError(f"no samples under {url}" + (f" (only {', '.join(kinds)} samples, which have no per-cell "
+                                                       "expression)" if kinds else ""))
     return refs
 
 

@@ -76,17 +76,22 @@ def _organ_warnings(found: str | None, given: str | None, organism, source: str)
     return out
 
 
-def is_xenium_folder(url: str) -> bool:
-    """A Xenium output folder of any version: it holds one of :data:`BUNDLE_MARKERS`."""
+def is_xenium_bundle(url: str) -> bool:
+    """A Xenium output folder of any version, with or without H&E: it holds one of
+    :data:`BUNDLE_MARKERS` (a build refuses one that lacks what patches need, naming the file)."""
     return any(storage.exists(storage.join(url, m)) for m in BUNDLE_MARKERS)
 
 
-def _read_experiment_if_any(url: str, sid: str) -> dict:
+def read_experiment(url: str, sid: str, required: bool = True) -> dict:
+    """A folder's ``experiment.xenium`` (JSON); ``{}`` when absent and not ``required``."""
     rel = "experiment.xenium"
     try:
         return json.loads(storage.read_bytes(storage.join(url, rel)).decode("utf-8"))
     except FileNotFoundError:
-        return {}
+        if not required:
+            return {}
+        raise SampleError(sid, rel, f"file not found in {url}: it gives the morphology pixel size that places the "
+                                    "nuclei on the H&E (`stx label` labels this folder without it)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SampleError(sid, rel, f"not valid JSON ({e})") from None
 
@@ -132,17 +137,16 @@ def read_xenium_cells(url: str, sample_id: str | None = None, organ: str | None 
 
     url = url.rstrip("/")
     sid = check_sample_id(sample_id or folder_sample_id(url), url)
-    exp = _read_experiment_if_any(url, sid)
-    cells = read_cell_ids(url, sid)
+    exp = read_experiment(url, sid, required=False)
     if storage.exists(storage.join(url, MATRIX_FILE)):
         X, ids, genes = read_matrix(storage.join(url, MATRIX_FILE), sid, MATRIX_FILE)
-        X = check_counts(X, sid, MATRIX_FILE)
         prov = {"expression_from": MATRIX_FILE}
-    elif cells is not None:
-        X, genes, prov = transcripts_per_cell(url, sid, cells, min_qv)
-        ids = cells
     else:
-        raise SampleError(sid, None, f"{url} has neither {MATRIX_FILE} nor cells.parquet with transcripts.parquet")
+        ids = read_cell_ids(url, sid)
+        if ids is None:
+            raise SampleError(sid, None, f"{url} has neither {MATRIX_FILE} nor cells.parquet with "
+                                         "transcripts.parquet")
+        X, genes, prov = transcripts_per_cell(url, sid, ids, min_qv)
     adata, _ = align_expression(X, ids, genes, ids, sid, prov["expression_from"])
     found = canonical_organ(organ) or experiment_organ(exp)
     meta = {k: exp.get(k) for k in ("analysis_sw_version", "panel_name", "panel_organism", "panel_tissue_type",
@@ -160,9 +164,8 @@ def read_matrix_file(url: str, sample_id: str | None = None, organ: str | None =
     default_id = folder_sample_id(folder) if name == MATRIX_FILE and folder else name.rsplit(".", 1)[0]
     sid = check_sample_id(sample_id or default_id, url)
     X, ids, genes = read_matrix(url, sid, name)
-    X = check_counts(X, sid, name)
     adata, _ = align_expression(X, ids, genes, ids, sid, name)
-    exp = _read_experiment_if_any(folder, sid) if folder else {}
+    exp = read_experiment(folder, sid, required=False) if folder else {}
     found = canonical_organ(organ) or experiment_organ(exp)
     return CellsSample(sid, found or "unknown", adata, {"expression_from": name}, url,
                        warnings=_organ_warnings(found, organ, exp.get("panel_organism"), url))
@@ -224,7 +227,7 @@ def read_cells(ref: str, organ: str | None = None, sample_id: str | None = None)
         return read_h5ad_cells(ref, sample_id, organ)
     if ref.endswith(".h5"):
         return read_matrix_file(ref, sample_id, organ)
-    if not is_xenium_folder(ref):
+    if not is_xenium_bundle(ref):
         raise SampleError(sample_id or posixpath.basename(ref.rstrip("/")), None,
                           f"{ref} is neither a Xenium output folder ({', '.join(BUNDLE_MARKERS)}), a 10x .h5 "
                           "matrix, an .h5ad nor a HEST reference ROOT#ID")

@@ -38,10 +38,9 @@ from stx_platform.sources.sample import (
     check_counts,
     check_pixel_size,
     check_sample_id,
-    nuclei_on_image,
-    read_input,
-    valid_polygons,
     polygons_from_geometry,
+    read_input,
+    usable_nuclei,
 )
 from stx_platform.sources.wsi import WSI
 
@@ -75,7 +74,7 @@ def hest_technologies(root: str) -> dict[str, str]:
 def list_hest_samples(root: str) -> list[str]:
     """Xenium sample ids under a HEST root: those with a ``metadata/<id>.json`` (written last)
     whose ``st_technology`` is Xenium; HEST-1k also holds Visium and ST samples, which have no
-    per-cell expression or nucleus segmentation (:func:`hest_technologies` lists them)."""
+    per-cell expression or nucleus segmentation (:func:`hest_technologies` names them all)."""
     return [sid for sid, tech in hest_technologies(root).items() if tech.lower() == "xenium"]
 
 
@@ -176,10 +175,8 @@ def read_hest_sample(root: str, sample_id: str, *, assignment: str = "cell_id", 
     wsi, mpp = open_hest_wsi(root, sample_id, meta)
     width, height = wsi.width, wsi.height  # opens the header: a corrupt TIFF fails here
     nuclei, nucleus_ids = _read_nuclei(root, sample_id)
-    nuclei, usable, repaired = valid_polygons(nuclei)
-    on = nuclei_on_image(nuclei[usable], nucleus_ids[usable], width, height, sample_id,
-                         f"xenium_seg/{sample_id}_xenium_nucleus_seg.parquet")
-    nuclei, nucleus_ids = nuclei[usable][on], nucleus_ids[usable][on]
+    nuclei, nucleus_ids, dropped = usable_nuclei(nuclei, nucleus_ids, width, height, sample_id,
+                                                 f"xenium_seg/{sample_id}_xenium_nucleus_seg.parquet")
 
     st_rel = f"st/{sample_id}.h5ad"
     st_url = storage.join(root, st_rel)
@@ -201,8 +198,7 @@ def read_hest_sample(root: str, sample_id: str, *, assignment: str = "cell_id", 
                 "min_qv": min_qv, **{f"transcripts_{k}": v for k, v in stats.as_dict().items()}}
         expr_file = prov["expression_from"]
     adata, extra = align_expression(X, expr_ids, genes, nucleus_ids, sample_id, expr_file)
-    prov.update(extra, nuclei_off_image=int((~on).sum()), nuclei_repaired=repaired,
-                nuclei_unusable=int((~usable).sum()))
+    prov.update(extra, **dropped)
     truth = read_ground_truth(storage.join(root, "annotations", f"{sample_id}_annotation.csv"), sample_id)
     return Sample(sample_id=sample_id, organ=str(meta.get("organ") or "unknown"), mpp=mpp, wsi=wsi, nuclei=nuclei,
                   expression=adata, metadata=meta, source=f"{root}#{sample_id}", technology=str(

@@ -170,6 +170,18 @@ def nuclei_on_image(nuclei: np.ndarray, ids: pd.Index, width: int, height: int, 
     return ~out
 
 
+def usable_nuclei(nuclei: np.ndarray, ids: pd.Index, width: int, height: int, sample_id: str, file: str
+                  ) -> tuple[np.ndarray, pd.Index, dict]:
+    """The nuclei a slide can use, with their ids, and what was done to the rest: invalid rings
+    repaired (:func:`valid_polygons`), those without area and the few off the image dropped
+    (:func:`nuclei_on_image`)."""
+    nuclei, usable, repaired = valid_polygons(nuclei)
+    on = nuclei_on_image(nuclei[usable], ids[usable], width, height, sample_id, file)
+    counts = {"nuclei_off_image": int((~on).sum()), "nuclei_repaired": repaired,
+              "nuclei_unusable": int((~usable).sum())}
+    return nuclei[usable][on], ids[usable][on], counts
+
+
 def check_counts(X, sample_id: str, file: str) -> sp.csr_matrix:
     """Raw counts as CSR int32; errors for empty, NaN, negative or non-integer values."""
     try:

@@ -22,7 +22,6 @@ Cell ids are int (XOA < 1.3), bytes (1.3-1.x) or str (2.0+); all are normalised 
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass
 
@@ -37,7 +36,12 @@ from stx_platform import storage
 from stx_platform.errors import SampleError
 from stx_platform.organs import experiment_organ
 from stx_platform.sources.annotations import read_ground_truth
-from stx_platform.sources.cells_only import is_xenium_folder, read_cell_ids, transcripts_per_cell
+from stx_platform.sources.cells_only import (
+    is_xenium_bundle,
+    read_cell_ids,
+    read_experiment,
+    transcripts_per_cell,
+)
 from stx_platform.sources.features import as_text, gene_mask, normalise_cell_ids
 from stx_platform.sources.sample import (
     Sample,
@@ -46,17 +50,10 @@ from stx_platform.sources.sample import (
     check_pixel_size,
     check_sample_id,
     folder_sample_id,
-    nuclei_on_image,
     read_input,
-    valid_polygons,
+    usable_nuclei,
 )
 from stx_platform.sources.wsi import WSI
-
-
-def is_xenium_bundle(url: str) -> bool:
-    """A Xenium output folder of any version (see :data:`cells_only.BUNDLE_MARKERS`); one that
-    lacks what a build needs is refused by :func:`read_xenium_bundle` naming the missing file."""
-    return is_xenium_folder(url)
 
 
 def list_xenium_bundles(root: str) -> list[str]:
@@ -83,7 +80,8 @@ def _find(url: str, suffix: str, sid: str, what: str) -> str:
 
 
 def read_matrix(url: str, sid: str, rel: str = "cell_feature_matrix.h5") -> tuple[sp.csr_matrix, pd.Index, list[str]]:
-    """Genes-only cells x genes CSR, cell ids and gene names from a 10x feature-barcode h5."""
+    """Genes-only cells x genes raw counts (CSR int32, checked), cell ids and gene names from a 10x
+    feature-barcode h5."""
     try:
         with storage.open_file(url) as f, h5py.File(f, "r") as h:
             g = h["matrix"]
@@ -97,7 +95,7 @@ def read_matrix(url: str, sid: str, rel: str = "cell_feature_matrix.h5") -> tupl
     except (OSError, KeyError, ValueError) as e:
         raise SampleError(sid, rel, f"not a 10x feature-barcode matrix ({type(e).__name__}: {e})") from None
     genes = gene_mask(names, feature_type=ftype)
-    X = csc.T.tocsr()[:, np.flatnonzero(genes)]
+    X = check_counts(csc.T.tocsr()[:, np.flatnonzero(genes)], sid, rel)
     return X, barcodes, [str(n) for n in names[genes]]
 
 
@@ -147,33 +145,22 @@ def _find_alignment(url: str, he_rel: str, sid: str) -> str:
 def read_alignment(url: str, sid: str, rel: str) -> np.ndarray:
     try:
         raw = storage.read_bytes(url).decode("utf-8")
-        if "fixedx" in raw[:200].lower().replace(" ", ""):
-            raise SampleError(sid, rel, "a Xenium Explorer keypoints file (fixedX, fixedY, alignmentX, alignmentY), "
-                                        "not the 3 x 3 alignment matrix; use the matrix Xenium Explorer exports "
-                                        "with it (a headerless 3 x 3 CSV)")
-        m = np.array([[float(v) for v in line.replace(";", ",").split(",") if v.strip()]
-                      for line in raw.strip().splitlines() if line.strip()])
-    except SampleError:
-        raise
     except FileNotFoundError:
         raise SampleError(sid, rel, "file not found") from None
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        raise SampleError(sid, rel, f"not a 3 x 3 numeric matrix ({e})") from None
+    if "fixedx" in raw[:200].lower().replace(" ", ""):
+        raise SampleError(sid, rel, "a Xenium Explorer keypoints file (fixedX, fixedY, alignmentX, alignmentY), "
+                                    "not the 3 x 3 alignment matrix; use the matrix Xenium Explorer exports "
+                                    "with it (a headerless 3 x 3 CSV)")
+    try:
+        m = np.array([[float(v) for v in line.replace(";", ",").split(",") if v.strip()]
+                      for line in raw.strip().splitlines() if line.strip()])
+    except ValueError as e:
         raise SampleError(sid, rel, f"not a 3 x 3 numeric matrix ({e})") from None
     if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m[:2, :2])) < 1e-12:
         raise SampleError(sid, rel, f"expected an invertible 3 x 3 affine matrix, got shape {m.shape}")
     return m
-
-
-def read_experiment(url: str, sid: str) -> dict:
-    """The bundle's ``experiment.xenium`` (JSON)."""
-    rel = "experiment.xenium"
-    try:
-        return json.loads(storage.read_bytes(storage.join(url, rel)).decode("utf-8"))
-    except FileNotFoundError:
-        raise SampleError(sid, rel, f"file not found in {url}: it gives the morphology pixel size that places the "
-                                    "nuclei on the H&E (`stx label` labels this folder without it)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SampleError(sid, rel, f"not valid JSON ({e})") from None
 
 
 @dataclass
@@ -217,12 +204,14 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     sid = check_sample_id(sample_id or folder_sample_id(url), url)
     exp = read_experiment(url, sid)
 
-    X, barcodes, genes = read_matrix(storage.join(url, "cell_feature_matrix.h5"), sid)
-    X = check_counts(X, sid, "cell_feature_matrix.h5")
     cids = read_cell_ids(url, sid)
-    if cids is not None and (len(cids) != len(barcodes) or not cids.isin(barcodes).all()):
-        raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
-                                                f"{len(barcodes)}; the two disagree")
+    if assignment == "nucleus" and cids is not None:   # the cells are listed: no need for the matrix
+        barcodes = cids
+    else:
+        X, barcodes, genes = read_matrix(storage.join(url, "cell_feature_matrix.h5"), sid)
+        if cids is not None and (len(cids) != len(barcodes) or not cids.isin(barcodes).all()):
+            raise SampleError(sid, "cells.parquet", f"lists {len(cids)} cells, cell_feature_matrix.h5 has "
+                                                    f"{len(barcodes)}; the two disagree")
     counted = {"expression_from": "cell_feature_matrix.h5"}
     if assignment == "nucleus":
         X, genes, counted = transcripts_per_cell(url, sid, barcodes, mode="nucleus")
@@ -236,11 +225,8 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     inv = np.linalg.inv(m)
     to_he = lambda c: (np.c_[c / px_um, np.ones(len(c))] @ inv.T)[:, :2]  # noqa: E731
     nuclei = shapely.transform(polys_um, to_he)
-    nuclei, usable, repaired = valid_polygons(nuclei)
-    on = nuclei_on_image(nuclei[usable], nids[usable], width, height, sid, nb_rel)
-    nuclei, nids = nuclei[usable][on], nids[usable][on]
+    nuclei, nids, dropped = usable_nuclei(nuclei, nids, width, height, sid, nb_rel)
     adata, extra = align_expression(X, barcodes, genes, nids, sid, counted["expression_from"])
-    extra.update(nuclei_off_image=int((~on).sum()), nuclei_repaired=repaired, nuclei_unusable=int((~usable).sum()))
     truth_url = annotations or storage.join(url, f"{sid}_annotation.csv")
     truth = read_ground_truth(truth_url, sid)
     meta = {k: exp.get(k) for k in ("analysis_sw_version", "panel_name", "panel_tissue_type", "run_name",
@@ -248,4 +234,4 @@ def read_xenium_bundle(url: str, sample_id: str | None = None, organ: str | None
     organ = organ or experiment_organ(exp) or "unknown"
     return Sample(sample_id=sid, organ=str(organ), mpp=mpp, wsi=wsi, nuclei=nuclei, expression=adata, metadata=meta,
                   source=url, technology="Xenium", ground_truth=truth,
-                  provenance={**counted, **extra})
+                  provenance={**counted, **extra, **dropped})

@@ -12,7 +12,6 @@ refused unless the user says the storage is theirs alone (``--trust-storage``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -55,11 +54,7 @@ def state_digests(tune_dir: str) -> dict[str, str]:
 
 def record(tune_dir: str) -> None:
     """Remember the state files as this machine left them (called when a sweep stops)."""
-    path = _ledger(tune_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"tune_dir": tune_dir, "files": state_digests(tune_dir)}, indent=1))
-    os.replace(tmp, path)
+    storage.write_json(str(_ledger(tune_dir)), {"tune_dir": tune_dir, "files": state_digests(tune_dir)})
 
 
 def check(tune_dir: str, trust_storage: bool = False) -> None:
@@ -73,7 +68,7 @@ def check(tune_dir: str, trust_storage: bool = False) -> None:
     if not path.exists():
         raise UntrustedSweepState(f"{tune_dir}: this machine has no record of writing this sweep's state "
                                   f"(ledger {ledger_dir()}); {hint}")
-    known = json.loads(path.read_text())["files"]
+    known = storage.read_json(str(path))["files"]
     now = state_digests(tune_dir)
     changed = sorted(k for k in set(known) | set(now) if known.get(k) != now.get(k))
     if changed:
