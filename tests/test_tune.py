@@ -169,6 +169,18 @@ def test_resume_unpickles_only_state_this_machine_wrote(tmp_path, monkeypatch):
     assert list((tmp_path / "another-machine").glob("*.json"))
 
 
+def test_a_trial_created_but_never_started_is_an_unfinished_row(tmp_path):
+    """Ctrl-C between two trials: Tune reports the next one with no config and no metrics."""
+    from types import SimpleNamespace
+
+    from stx_platform.tuning.sweep import _row
+
+    r = SimpleNamespace(path=str(tmp_path / "tune" / "ac6c9359"), metrics=None, config=None, error=None,
+                        metrics_dataframe=None)
+    row = _row(r, SweepConfig(search="grid", space={"tau_cancer": [0.1, 0.3]}), _train(), str(tmp_path), True)
+    assert (row["trial"], row["status"], row["epochs"], row["tau_cancer"]) == ("ac6c9359", S.UNFINISHED, 0, None)
+
+
 # ---------------------------------------------------------------- sweeps on Ray
 
 @pytest.mark.slow

@@ -270,6 +270,7 @@ def _row(r, sweep: SweepConfig, train: TrainConfig, sweep_dir: str, interrupted:
     """One trial's line of the summary table."""
     trial = posixpath.basename(r.path.rstrip("/")) if r.path else "?"
     m = r.metrics or {}
+    config = r.config or {}            # a trial created but not started when the sweep was stopped has none
     run_dir = storage.join(runs_url(sweep_dir), trial)
     lab = storage.read_json(storage.join(run_dir, LABELS_FILE)) if storage.exists(storage.join(run_dir, LABELS_FILE)) \
         else {}
@@ -284,7 +285,7 @@ def _row(r, sweep: SweepConfig, train: TrainConfig, sweep_dir: str, interrupted:
     key = f"val_{sweep.metric}"
     history = r.metrics_dataframe
     best = float(history[key].max()) if history is not None and key in history and len(history) else None
-    return {"trial": trial, "status": status, "epochs": epochs, **{p: r.config.get(p) for p in sweep.space},
+    return {"trial": trial, "status": status, "epochs": epochs, **{p: config.get(p) for p in sweep.space},
             sweep.metric: m.get(key), f"best_{sweep.metric}": best,
             "label_set": lab.get("label_set_id", ""), "reclustered": lab.get("reclustered"),
             "labels_s": lab.get("seconds"), "train_s": m.get("time_total_s"),
