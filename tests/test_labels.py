@@ -52,6 +52,12 @@ class StubDB:
     def cancer_genes_beyond_lineage(self, organ):
         return {g for g in self.cancer_genes if self.votes([g], organ, shared=True)[0, 0] < 0.5}
 
+    def cancer_genes_of_epithelium(self):
+        return {g for g in self.cancer_genes if self.votes([g], None)[0, 1:3].sum() <= 0.5}
+
+    def tumour_genes(self, organ, exclude=frozenset()):
+        return (self.cancer_genes_beyond_lineage(organ) & self.cancer_genes_of_epithelium()) - set(exclude)
+
     def cancer_overlap(self, genes):
         return sum(g in self.cancer for g in genes) / max(len(genes), 1)
 

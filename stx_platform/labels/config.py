@@ -72,10 +72,20 @@ class LabelConfig(BaseModel):
                                            "up-regulates against the slide's least cancer-like epithelium "
                                            "(tumour against normal epithelium), not only against all cells")
     cancer_alpha: float = Field(0.05, gt=0, lt=1, description="significance of the cancer-gene enrichment")
+    lineage_filter: bool = Field(True, description="cancer genes that mark another lineage (more than half of "
+                                 "their votes Inflammatory or Connective: CD45, CD31, CD20 from negative-selection "
+                                 "entries, stromal programmes) are no tumour evidence in an epithelial cluster "
+                                 "(epithelial contrast, tumour_coverage)")
+    tumour_coverage: bool = Field(True, description="also Neoplastic when an epithelial cluster up-regulates "
+                                  "(z >= min_z) at least min_tumour_share of the panel's tumour genes (cancer "
+                                  "genes beyond the organ's epithelium that mark no other lineage and no cell "
+                                  "state): the evidence a targeted panel too small for an enrichment test gives")
+    min_tumour_share: float = Field(0.5, gt=0, le=1, description="share of the panel's tumour genes (tumour_coverage)")
 
     IMPROVED_FIELDS: ClassVar[tuple[str, ...]] = (
         "shared_lineages", "up_markers", "skip_state_genes", "specificity", "min_specificity", "effect_weights",
-        "min_z", "cancer_test", "cancer_within_epithelium", "cancer_alpha")
+        "min_z", "cancer_test", "cancer_within_epithelium", "cancer_alpha", "lineage_filter", "tumour_coverage",
+        "min_tumour_share")
     CLUSTER_FIELDS: ClassVar[tuple[str, ...]] = ("n_pcs", "n_neighbors", "seed", "resolution")
 
     @classmethod
@@ -104,5 +114,7 @@ ABLATIONS: dict[str, dict] = {
     "w/o effect weights": {"effect_weights": False},
     "w/o cancer test": {"cancer_test": False},
     "w/o epithelial contrast": {"cancer_within_epithelium": False},
+    "w/o lineage filter": {"lineage_filter": False},
+    "w/o tumour-gene coverage": {"tumour_coverage": False},
     "w/o Hier": {"hierarchy": False},
 }

@@ -511,6 +511,27 @@ class MarkerDB:
             self._cache[key] = hit
         return hit
 
+    def cancer_genes_of_epithelium(self) -> frozenset[str]:
+        """The cancer genes that are not markers of another lineage (more than half of their
+        whole-database votes Inflammatory or Connective). CD45/PTPRC, CD31/PECAM1 and CD20/MS4A1
+        reach CellMarker's cancer rows as negative-selection markers, collagens and POSTN as
+        stromal programmes; up in an epithelial cluster they are spill-over or doublets, not
+        tumour."""
+        hit = self._cache.get("cancer-epithelium")
+        if hit is None:
+            genes = sorted(self.cancer_genes)
+            v = self.votes(genes, None) if genes else np.zeros((0, len(VOTE_CLASSES)))
+            other = v[:, [VOTE_CLASSES.index(INFLAMMATORY), VOTE_CLASSES.index(CONNECTIVE)]].sum(1)
+            hit = frozenset(g for g, o in zip(genes, other) if o <= 0.5)
+            self._cache["cancer-epithelium"] = hit
+        return hit
+
+    def tumour_genes(self, organ: str | None, exclude: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The cancer genes only a tumour explains in an epithelial cluster of this organ: beyond
+        its normal epithelium (:meth:`cancer_genes_beyond_lineage`), no marker of another lineage
+        (:meth:`cancer_genes_of_epithelium`), less ``exclude`` (e.g. cell-state genes)."""
+        return (self.cancer_genes_beyond_lineage(organ) & self.cancer_genes_of_epithelium()) - exclude
+
     def cancer_overlap(self, genes: Sequence[str]) -> float:
         """Fraction of the given genes (as given, repeats included) that are in the cancer set; 0 for none."""
         genes = list(genes)

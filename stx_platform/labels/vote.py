@@ -31,6 +31,15 @@ wrong on real slides; each fix is a ``LabelConfig`` option:
 * ``cancer_within_epithelium``: the same test on the genes an epithelial cluster up-regulates
   against the slide's least cancer-like epithelium, with the whole cancer set: what a carcinoma
   gains over its own tissue, not the lineage it shares with it.
+* ``lineage_filter``: cancer genes that mark another lineage (CD45, CD31, CD20 reach CellMarker's
+  cancer rows as negative-selection markers; collagens and POSTN as stromal programmes) are no
+  tumour evidence in an epithelial cluster: a breast luminal cluster contrasted with myoepithelium
+  no longer looks malignant because spill-over genes fill its list.
+* ``tumour_coverage``: an epithelial cluster that up-regulates at least ``min_tumour_share`` of the
+  panel's tumour genes (cancer genes beyond the organ's epithelium, of no other lineage, no cell
+  state) is Neoplastic. A targeted 20-gene panel carries two or three such genes (ERBB2, CEACAM6);
+  a carcinoma cluster up-regulates them all, normal epithelium none, and no enrichment test over
+  20 genes reaches p < 0.05 with them.
 """
 
 from __future__ import annotations
@@ -152,7 +161,8 @@ def cancer_enrichment(top_m: list[str], panel: list[str], cancer: frozenset[str]
 def classify_clusters_improved(z: np.ndarray, genes, organ: str | None, db, config: LabelConfig,
                                moments=None) -> pd.DataFrame:
     """The improved method (see the module docstring): the same table as :func:`classify_clusters`
-    plus ``cancer_p``, the enrichment's p-value, from the z-scores (clusters x genes) and, for the
+    plus ``cancer_p``, the enrichment's p-value, and ``tumour_share``, the share of the panel's
+    tumour genes it up-regulates (NaN for a panel without any), from the z-scores (clusters x genes) and, for the
     contrast within the epithelium, the clusters' expression moments (``degs.ClusterMoments``)."""
     genes = np.asarray(genes, dtype=object)
     panel = list(map(str, genes))
@@ -179,6 +189,7 @@ def classify_clusters_improved(z: np.ndarray, genes, organ: str | None, db, conf
     # least cancer-like: fewest cancer genes beyond the lineage, then fewest of the whole set
     rank = [(t[0], float(db.cancer_overlap([str(g) for g in up[:config.top_m]]))) for t, up in zip(tests, ups)]
     within = _within_epithelium(epi, rank, genes, panel, db, config, moments) if config.cancer_test else {}
+    share = _tumour_share(z, panel, organ, db, config)
     for k, r in enumerate(rows):
         top_m = [str(g) for g in ups[k][:config.top_m]]
         if not config.cancer_test:
@@ -188,11 +199,28 @@ def classify_clusters_improved(z: np.ndarray, genes, organ: str | None, db, conf
             overlap, p = tests[k]
             p = min(p, within.get(k, 1.0))
             neo = p < config.cancer_alpha
+        neo = neo or (config.tumour_coverage and share[k] >= config.min_tumour_share)
         if config.hierarchy and r["label"] == EPITHELIAL and neo:
             r["label"] = NEOPLASTIC
-        r["cancer_overlap"], r["cancer_p"] = overlap, p
-    cols = ["cluster", "label", *VOTE_COLUMNS, "votes_total", "fallback", "cancer_overlap", "cancer_p", "top_genes"]
+        r["cancer_overlap"], r["cancer_p"], r["tumour_share"] = overlap, p, float(share[k])
+    cols = ["cluster", "label", *VOTE_COLUMNS, "votes_total", "fallback", "cancer_overlap", "cancer_p",
+            "tumour_share", "top_genes"]
     return pd.DataFrame(rows)[cols]
+
+
+def _tumour_share(z: np.ndarray, panel: list[str], organ: str | None, db, config: LabelConfig) -> np.ndarray:
+    """Per cluster, the share of the panel's tumour genes (``MarkerDB.tumour_genes``) it
+    up-regulates (z >= min_z); NaN where the panel has none. A 20-gene breast panel carries two
+    (ERBB2, CEACAM6): a carcinoma cluster up-regulates both, normal epithelium neither, and no
+    enrichment test over 20 genes can say so at p < 0.05."""
+    states = state_genes() if config.skip_state_genes else frozenset()
+    tumour = db.tumour_genes(organ, states)
+    if not config.lineage_filter:
+        tumour = (db.cancer_genes_beyond_lineage(organ) - states)
+    cols = np.flatnonzero([g.upper() in tumour for g in panel])
+    if not len(cols):
+        return np.full(z.shape[0], np.nan)
+    return (z[:, cols] >= config.min_z).mean(1)
 
 
 def _within_epithelium(epi: np.ndarray, overlap, genes, panel, db, config: LabelConfig, moments) -> dict[int, float]:
@@ -201,7 +229,8 @@ def _within_epithelium(epi: np.ndarray, overlap, genes, panel, db, config: Label
     The reference is the epithelial cluster(s) least cancer-like by ``overlap`` (per cluster, a
     tuple compared in order: the overlap of its top-M up-regulated genes with the cancer genes
     beyond the lineage, then with the whole set); every other epithelial cluster is contrasted
-    with the pooled reference (Welch t from the cluster moments). What is left is tumour against normal epithelium: the genes a carcinoma
+    with the pooled reference (Welch t from the cluster moments), counting the cancer genes of
+    epithelium (``lineage_filter``) or the whole set. What is left is tumour against normal epithelium: the genes a carcinoma
     gains over its tissue (ERBB2, GRB7 ...), not the lineage it shares with it. (Growing the
     reference with the clusters that pass as normal lets a weak tumour cluster in, and then the
     whole tumour.) A slide with no normal epithelium compares tumour with tumour and adds nothing
@@ -209,6 +238,7 @@ def _within_epithelium(epi: np.ndarray, overlap, genes, panel, db, config: Label
     idx = np.flatnonzero(epi)
     if not config.cancer_within_epithelium or moments is None or len(idx) < 2:
         return {}
+    cancer = db.cancer_genes_of_epithelium() if config.lineage_filter else db.cancer_genes
     least = min(overlap[k] for k in idx)
     ref = np.array([k for k in idx if overlap[k] == least])
     out: dict[int, float] = {}
@@ -217,7 +247,7 @@ def _within_epithelium(epi: np.ndarray, overlap, genes, panel, db, config: Label
             continue
         t = group_contrast(moments, k, ref)
         up = [str(g) for g in _up_genes(t, genes, config.min_z)[:config.top_m]]
-        out[int(k)] = cancer_enrichment(up, panel, db.cancer_genes)[1]
+        out[int(k)] = cancer_enrichment(up, panel, cancer)[1]
     return out
 
 
