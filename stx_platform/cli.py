@@ -456,7 +456,7 @@ def cmd_evaluate(args) -> int:
     tm = load_trained_model(args.checkpoint, device)
     print(f"stx evaluate: {tm.source} (epoch {tm.epoch + 1}, {tm.model.config.name}) on {args.pannuke}", flush=True)
     ev = evaluate(tm.model, args.pannuke, args.limit, args.batch_size, overlays=args.overlays,
-                  progress=Progress("  ").fraction("images"))
+                  progress=Progress("  ").fraction("images"), pairing=args.pairing)
     rows = [{"metric": k, "value": _fmt(v, 4)} for k, v in ev.metrics.items()]
     print()
     print(_table(rows, ["metric", "value"]))
@@ -636,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--overlays", type=int, default=6, help="images drawn into overlays.png")
     ev.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ev.add_argument("--pairing", choices=("hovernet", "gated"), default="hovernet",
+                    help="detection pairing: 'hovernet' (as HoVer-Net and CellViT report: Hungarian over all "
+                         "distances, pairs beyond 12 px dropped) or 'gated' (Hungarian within 12 px only)")
     ev.set_defaults(func=cmd_evaluate)
 
     from stx_platform.predict import add_predict_parser

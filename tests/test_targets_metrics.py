@@ -311,9 +311,46 @@ def test_hungarian_beats_greedy():
     true_xy = np.array([[0.0, 0.0], [20.0, 0.0]])
     pred_xy = np.array([[9.0, 0.0], [-11.0, 0.0]])
     # greedy nearest-first would pair true 0 with pred 0 (9 px) and leave true 1 and pred 1 unmatched
-    ti, pi = match_centroids(true_xy, pred_xy, 12)
-    assert sorted(zip(ti.tolist(), pi.tolist())) == [(0, 1), (1, 0)]
+    for pairing in ("hovernet", "gated"):
+        ti, pi = match_centroids(true_xy, pred_xy, 12, pairing)
+        assert sorted(zip(ti.tolist(), pi.tolist())) == [(0, 1), (1, 0)]
     assert detection_scores([(true_xy, None)], [(pred_xy, None)])["f1"] == 1.0
+
+
+def test_pairing_as_hovernet_drops_far_pairs_after_assigning_gated_keeps_the_most_pairs():
+    """Two true nuclei A, B and two predictions P, Q: A-Q 1 px and B-P 12.5 px sum to less than
+    A-P 11.5 px and B-Q 11.5 px. HoVer-Net / CellViT assign over all distances (A-Q, B-P) and then
+    drop B-P, beyond 12 px: one pair. Gated assignment keeps both pairs within 12 px."""
+    x = (11.5 ** 2 - 12.5 ** 2 + 12.5 ** 2) / (2 * 12.5)
+    y = np.sqrt(11.5 ** 2 - x ** 2)
+    true_xy = np.array([[0.0, 0.0], [12.5, 0.0]])
+    pred_xy = np.array([[x, y], [1.0, 0.0]])
+    d = np.linalg.norm(true_xy[:, None] - pred_xy[None], axis=-1)
+    assert np.allclose(d, [[11.5, 1.0], [12.5, 11.5]])
+    ti, pi = match_centroids(true_xy, pred_xy, 12, "hovernet")
+    assert list(zip(ti.tolist(), pi.tolist())) == [(0, 1)]
+    ti, pi = match_centroids(true_xy, pred_xy, 12, "gated")
+    assert sorted(zip(ti.tolist(), pi.tolist())) == [(0, 0), (1, 1)]
+    h = detection_scores([(true_xy, None)], [(pred_xy, None)])
+    g = detection_scores([(true_xy, None)], [(pred_xy, None)], pairing="gated")
+    assert (h["pairing"], h["tp"], h["f1"]) == ("hovernet", 1, 0.5) and (g["tp"], g["f1"]) == (2, 1.0)
+    with pytest.raises(ValueError, match="pairing"):
+        match_centroids(true_xy, pred_xy, 12, "greedy")
+
+
+def test_dead_nuclei_are_unlabelled_for_type_scores_as_in_non_exhaustive_mode():
+    """PanNuke's Dead (4) is not a scored class: a Neoplastic prediction on a Dead nucleus is a
+    detection, not a Neoplastic false positive; per-class precision and recall as CellViT's."""
+    txy = np.array([[0.0, 0.0], [50.0, 0.0], [100.0, 0.0], [150.0, 0.0]])
+    pxy = txy + 1
+    tcl, pcl = np.array([1, 1, 4, 2]), np.array([1, 2, 1, 2])
+    d = detection_scores([(txy, tcl)], [(pxy, pcl)], classes=[1, 2, 3, 5])
+    assert d["tp"] == 4 and d["f1"] == 1.0
+    # Neoplastic: tp 1, fp 0 (the Dead pair ignored), fn 1 -> F1 2/(2+2), precision 1, recall 1/3
+    assert d["f1_per_class"][1] == pytest.approx(0.5)
+    assert d["precision_per_class"][1] == pytest.approx(1.0) and d["recall_per_class"][1] == pytest.approx(1 / 3)
+    # Inflammatory: tp 1, fp 1 -> F1 2/(2+2), precision 1/3, recall 1
+    assert d["precision_per_class"][2] == pytest.approx(1 / 3) and d["recall_per_class"][2] == pytest.approx(1.0)
 
 
 def test_per_class_f1_hand_worked():

@@ -75,15 +75,17 @@ def json_safe(d: dict) -> dict:
 
 def flat_metrics(scores: dict) -> dict[str, float]:
     """The headline figures of :func:`pannuke_scores` as one flat dict: mPQ, bPQ, dice, jaccard,
-    f1, precision, recall, macro_f1, accuracy, then ``PQ_<class>`` and ``f1_<class>``."""
+    f1, precision, recall, macro_f1, accuracy, then ``PQ_<class>``, ``f1_<class>``,
+    ``precision_<class>`` and ``recall_<class>``."""
     det = scores["detection"]
     out = {"mPQ": scores["mPQ"], "bPQ": scores["bPQ"], "dice": scores["dice"], "jaccard": scores["jaccard"],
            "f1": det["f1"], "precision": det["precision"], "recall": det["recall"],
            "macro_f1": det["classification"]["macro_f1"], "accuracy": det["classification"]["accuracy"]}
     for c, v in scores["PQ_per_class"].items():
         out[f"PQ_{PANNUKE_TYPE_ORDER[c]}"] = v
-    for c, v in det["f1_per_class"].items():
-        out[f"f1_{PANNUKE_TYPE_ORDER[c]}"] = v
+    for key in ("f1", "precision", "recall"):
+        for c, v in det[f"{key}_per_class"].items():
+            out[f"{key}_{PANNUKE_TYPE_ORDER[c]}"] = v
     return {k: float(v) for k, v in out.items()}
 
 
@@ -116,7 +118,7 @@ def overlay_panel(image: np.ndarray, true_inst, true_classes: dict, pred_inst, p
 
 def evaluate(model: torch.nn.Module, fold: str | PanNukeFold, limit: int | None = None, batch_size: int = 8,
              amp: bool = True, overlays: int = 6, classes: Sequence[int] = SCORED, radius: float = 12,
-             progress: Callable[[int, int], None] | None = None) -> Evaluation:
+             progress: Callable[[int, int], None] | None = None, pairing: str = "hovernet") -> Evaluation:
     """Predict, post-process and score the first ``limit`` images (all when None) of a PanNuke fold."""
     fold = fold if isinstance(fold, PanNukeFold) else PanNukeFold(fold)
     n = len(fold) if limit is None else min(limit, len(fold))
@@ -139,7 +141,8 @@ def evaluate(model: torch.nn.Module, fold: str | PanNukeFold, limit: int | None 
                 rows.append(overlay_panel(it.image, it.instances, tc, inst, pc))
         if progress:
             progress(min(n, s + batch_size), n)
-    scores = pannuke_scores(true_insts, true_cls, pred_insts, pred_cls, tissues, radius=radius, classes=classes)
+    scores = pannuke_scores(true_insts, true_cls, pred_insts, pred_cls, tissues, radius=radius, classes=classes,
+                            pairing=pairing)
     cm = confusion(scores, classes)
     picture = None
     if rows:
