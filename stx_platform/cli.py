@@ -454,18 +454,32 @@ def cmd_evaluate(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
     tm = load_trained_model(args.checkpoint, device)
-    print(f"stx evaluate: {tm.source} (epoch {tm.epoch + 1}, {tm.model.config.name}) on {args.pannuke}", flush=True)
-    ev = evaluate(tm.model, args.pannuke, args.limit, args.batch_size, overlays=args.overlays,
+    fold, source = args.pannuke, args.pannuke
+    if args.tiles:
+        from stx_platform.sources.tiles import TileFolder
+
+        names = [n.strip() for n in args.type_names.split(",")] if args.type_names else None
+        fold, source = TileFolder(args.tiles, args.mpp, names), args.tiles
+    print(f"stx evaluate: {tm.source} (epoch {tm.epoch + 1}, {tm.model.config.name}) on {source}", flush=True)
+    ev = evaluate(tm.model, fold, args.limit, args.batch_size, overlays=args.overlays,
                   progress=Progress("  ").fraction("images"), pairing=args.pairing)
+    if args.tiles:
+        from stx_platform.training.validate import round_trip
+
+        rt = round_trip(fold, args.limit)
+        ev.metrics.update({f"round_trip_{k}": float(v) for k, v in rt.items()})
     rows = [{"metric": k, "value": _fmt(v, 4)} for k, v in ev.metrics.items()]
     print()
     print(_table(rows, ["metric", "value"]))
     print()
     print("confusion (matched nuclei; rows truth, columns prediction):")
     print(ev.confusion.to_string())
+    if args.tiles:
+        print("round_trip_*: the post-processing on perfect targets (the truth's own binary and HV maps)")
     written = ev.write(args.out, title=f"{tm.model.config.name} epoch {tm.epoch + 1}")
     storage.write_json(storage.join(args.out, "checkpoint.json"), {"checkpoint": tm.source, "epoch": tm.epoch + 1,
-                                                                   "fold": args.pannuke, "images": ev.scores["images"]})
+                                                                   "fold": source, "images": ev.scores["images"],
+                                                                   "pairing": args.pairing})
     print(f"\nwrote {', '.join(written.values())} ({time.time() - t0:.1f} s)")
     return 0
 
@@ -627,10 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "(only when no one else can write to the storage)")
     tu.set_defaults(func=cmd_tune)
 
-    ev = sub.add_parser("evaluate", help="score a trained checkpoint on a PanNuke-format fold (PanNuke metrics, "
-                                         "confusion matrix, overlays)")
+    ev = sub.add_parser("evaluate", help="score a trained checkpoint on a PanNuke-format fold or a folder of "
+                                         "annotated tiles (PanNuke metrics, confusion matrix, overlays)")
     ev.add_argument("--checkpoint", required=True, help="model.pt, a checkpoint folder or a run folder (newest epoch)")
-    ev.add_argument("--pannuke", default=DEFAULT_PANNUKE_OUT, help="PanNuke-format fold URL")
+    ev_in = ev.add_mutually_exclusive_group()
+    ev_in.add_argument("--pannuke", default=DEFAULT_PANNUKE_OUT, help="PanNuke-format fold URL")
+    ev_in.add_argument("--tiles", help="folder of annotated tiles: NAME.png (or .jpg) with NAME_inst.npy and "
+                                       "optionally NAME_type.npy, in it or its subfolders (e.g. NuCLS)")
+    ev.add_argument("--mpp", type=float, default=0.25, help="with --tiles: their um per pixel (default 0.25, 40x); "
+                                                            "they are resampled to the model's 0.25")
+    ev.add_argument("--type-names", help="with --tiles: class of each type code 1, 2, ... in NAME_type.npy, comma-"
+                                         "separated (default PanNuke's: Neoplastic,Inflammatory,Connective,Dead,"
+                                         "Epithelial); other names leave a nucleus unlabelled, e.g. NuCLS: "
+                                         "Non-Tumor,Neoplastic")
     ev.add_argument("--out", default="stx-data/evaluate", help="where metrics.json and the pictures go")
     ev.add_argument("--limit", type=int, help="first N images only")
     ev.add_argument("--batch-size", type=int, default=8)

@@ -397,31 +397,6 @@ def write_geojson(url: str, nuclei: pd.DataFrame, class_names: Sequence[str] | N
 
 # ---------------------------------------------------------------- pictures and input files
 
-def read_image(url: str) -> np.ndarray:
-    """A PNG, JPEG or TIFF (level 0 of its first series) read whole as RGB uint8 (H, W, 3)."""
-    import io
-
-    import tifffile
-    from PIL import Image
-
-    if not storage.exists(url):
-        raise FileNotFoundError(f"{url}: no such image file")
-    data = storage.read_bytes(url)
-    try:
-        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            img = tifffile.imread(io.BytesIO(data), series=0, level=0)
-        else:
-            with Image.open(io.BytesIO(data)) as im:
-                img = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL and tifffile raise many types on damaged files
-        raise ValueError(f"{url}: not a readable PNG, JPEG or TIFF image ({type(e).__name__}: {e})") from None
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
-        raise ValueError(f"{url}: expected an 8-bit RGB image, found shape {img.shape} dtype {img.dtype}")
-    return np.ascontiguousarray(img[..., :3])
-
-
 def overlay(rgb: np.ndarray, nuclei: pd.DataFrame, offset: tuple[float, float] = (0.0, 0.0), scale: float = 1.0,
             classes: Sequence[str] | None = None) -> np.ndarray:
     """``rgb`` with each nucleus outlined in its class colour (contours in source pixels, mapped
@@ -499,6 +474,8 @@ def cmd_predict(args) -> int:
         raise ValueError(f"--device {device}: no CUDA device available")
     if args.image and args.region:
         raise ValueError("--region applies to --slide; crop the image instead")
+    from stx_platform.viz import read_image
+
     rgb = read_image(args.image) if args.image else None
     slide = open_slide(args.slide, args.slide_mpp) if args.slide else None
     trained = load_trained_model(args.checkpoint, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from stx_platform import storage
 from stx_platform.taxonomy import CLASS_COLOURS
 
 
@@ -107,3 +108,28 @@ def vstack(images: list[np.ndarray], pad: int = 8) -> np.ndarray:
         out[y: y + i.shape[0], : i.shape[1]] = i[..., :3]
         y += i.shape[0] + pad
     return out
+
+
+def read_image(url: str) -> np.ndarray:
+    """A PNG, JPEG or TIFF (level 0 of its first series) read whole as RGB uint8 (H, W, 3)."""
+    import io
+
+    import tifffile
+    from PIL import Image
+
+    if not storage.exists(url):
+        raise FileNotFoundError(f"{url}: no such image file")
+    data = storage.read_bytes(url)
+    try:
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            img = tifffile.imread(io.BytesIO(data), series=0, level=0)
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                img = np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL and tifffile raise many types on damaged files
+        raise ValueError(f"{url}: not a readable PNG, JPEG or TIFF image ({type(e).__name__}: {e})") from None
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+        raise ValueError(f"{url}: expected an 8-bit RGB image, found shape {img.shape} dtype {img.dtype}")
+    return np.ascontiguousarray(img[..., :3])

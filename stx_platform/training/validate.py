@@ -1,5 +1,6 @@
-"""Validation of a CellViT model on a PanNuke-format fold: PanNuke metrics, a confusion matrix of
-matched nuclei and an overlay picture (truth beside prediction, nuclei outlined by class).
+"""Validation of a CellViT model on a PanNuke-format fold (or a folder of annotated tiles): PanNuke
+metrics, a confusion matrix of matched nuclei and an overlay picture (truth beside prediction,
+nuclei outlined by class).
 
 Pure torch/numpy: used by every training epoch (rank 0), by ``stx evaluate`` and by tuning.
 Scored classes are those the labels can produce (:data:`SCORED_CLASSES`; PanNuke's Dead has no
@@ -21,7 +22,7 @@ from stx_platform.inference import instances, predict_maps
 from stx_platform.metrics import (
     pannuke_scores,
 )
-from stx_platform.postprocess import instance_contours
+from stx_platform.postprocess import instance_contours, instances_from_maps
 from stx_platform.sources.pannuke import PanNukeFold
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, SCORED_CLASSES
 from stx_platform.viz import (
@@ -101,6 +102,15 @@ def confusion(scores: dict, rows: Sequence[int] = SCORED) -> pd.DataFrame:
     return pd.DataFrame(cm, index=[PANNUKE_TYPE_ORDER[r] for r in rows], columns=[PANNUKE_TYPE_ORDER[c] for c in cols])
 
 
+def class_index(name: str) -> int:
+    """PanNuke type index of a class name; -1 (unlabelled: never scored as a type) otherwise."""
+    return PANNUKE_TYPE_ORDER.index(name) if name in PANNUKE_TYPE_ORDER[1:] else -1
+
+
+def _class_name(i: int) -> str:
+    return PANNUKE_TYPE_ORDER[i] if 0 <= i < len(PANNUKE_TYPE_ORDER) else "Unknown"
+
+
 def overlay_panel(image: np.ndarray, true_inst, true_classes: dict, pred_inst, pred_classes: dict,
                   scale: int = 2) -> np.ndarray:
     """One row: the image with true nuclei outlined (left) and predicted ones (right), by class."""
@@ -110,28 +120,61 @@ def overlay_panel(image: np.ndarray, true_inst, true_classes: dict, pred_inst, p
     panels = []
     for inst, cls, name in ((true_inst, true_classes, "truth"), (pred_inst, pred_classes, "prediction")):
         polys = instance_contours(inst)
-        names = [PANNUKE_TYPE_ORDER[int(cls.get(i, 0))] for i in polys]
+        names = [_class_name(int(cls.get(i, 0))) for i in polys]
         panels.append(caption(outline_contours(big, polys.values(), names, (0.0, 0.0), scale),
                               f"{name}: {len(polys)} nuclei", 16))
     return hstack(panels)
 
 
-def evaluate(model: torch.nn.Module, fold: str | PanNukeFold, limit: int | None = None, batch_size: int = 8,
+def _predict_items(model: torch.nn.Module, items: list, batch_size: int, amp: bool) -> list[tuple]:
+    """(instance map, {id: class}) per item; images of different sizes are predicted one by one."""
+    shapes = {it.image.shape for it in items}
+    groups = [items] if len(shapes) == 1 else [[it] for it in items]
+    out = []
+    for g in groups:
+        maps = predict_maps(model, np.stack([it.image for it in g]), batch_size, amp)
+        for j in range(len(g)):
+            inst, table = instances(maps, j)
+            out.append((inst, dict(zip(table["id"].tolist(), table["class"].tolist()))))
+    return out
+
+
+def round_trip(fold, limit: int | None = None) -> dict[str, float]:
+    """The post-processing on perfect targets: each image's true instance map -> binary and HV
+    maps -> HoVer-Net post-processing -> instances, scored against the truth (bPQ, Dice, detection
+    F1). What a model that predicts its targets exactly would score: the ceiling the
+    post-processing leaves."""
+    from stx_platform.targets import binary_map, hv_map
+
+    n = len(fold) if limit is None else min(limit, len(fold))
+    ti, pi, ts = [], [], []
+    for i in range(n):
+        it = fold[i]
+        inst, _ = instances_from_maps(binary_map(it.instances).astype(np.float32), hv_map(it.instances))
+        ti.append(it.instances)
+        pi.append(inst)
+        ts.append(it.tissue)
+    unlabelled = lambda inst: {int(k): -1 for k in np.unique(inst[inst > 0])}
+    s = pannuke_scores(ti, [unlabelled(t) for t in ti], pi, [unlabelled(p) for p in pi], ts)
+    return {"bPQ": s["bPQ"], "dice": s["dice"], "f1": s["detection"]["f1"],
+            "precision": s["detection"]["precision"], "recall": s["detection"]["recall"]}
+
+
+def evaluate(model: torch.nn.Module, fold, limit: int | None = None, batch_size: int = 8,
              amp: bool = True, overlays: int = 6, classes: Sequence[int] = SCORED, radius: float = 12,
              progress: Callable[[int, int], None] | None = None, pairing: str = "hovernet") -> Evaluation:
-    """Predict, post-process and score the first ``limit`` images (all when None) of a PanNuke fold."""
-    fold = fold if isinstance(fold, PanNukeFold) else PanNukeFold(fold)
+    """Predict, post-process and score the first ``limit`` images (all when None) of a PanNuke fold
+    (a URL or :class:`PanNukeFold`) or of any sequence of items shaped alike (e.g.
+    :class:`~stx_platform.sources.tiles.TileFolder`)."""
+    fold = PanNukeFold(fold) if isinstance(fold, str) else fold
     n = len(fold) if limit is None else min(limit, len(fold))
     if n == 0:
         raise ValueError(f"{fold.url}: the validation fold has no images")
     true_insts, true_cls, pred_insts, pred_cls, tissues, rows = [], [], [], [], [], []
     for s in range(0, n, batch_size):
         items = [fold[i] for i in range(s, min(n, s + batch_size))]
-        maps = predict_maps(model, np.stack([it.image for it in items]), batch_size, amp)
-        for j, it in enumerate(items):
-            inst, table = instances(maps, j)
-            tc = {k: PANNUKE_TYPE_ORDER.index(v) for k, v in it.classes.items()}
-            pc = dict(zip(table["id"].tolist(), table["class"].tolist()))
+        for it, (inst, pc) in zip(items, _predict_items(model, items, batch_size, amp)):
+            tc = {k: class_index(v) for k, v in it.classes.items()}
             true_insts.append(it.instances)
             true_cls.append(tc)
             pred_insts.append(inst)
@@ -147,5 +190,7 @@ def evaluate(model: torch.nn.Module, fold: str | PanNukeFold, limit: int | None 
     picture = None
     if rows:
         shown = [c for c in PANNUKE_TYPE_ORDER[1:] if c in set(cm.index) | {"Dead"}]
+        if any(-1 in tc.values() for tc in true_cls[:overlays]):
+            shown.append("Unknown")
         picture = hstack([vstack(rows), legend(shown)])
     return Evaluation(scores, flat_metrics(scores), cm, picture)
