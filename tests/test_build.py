@@ -127,6 +127,19 @@ def _broken_copy(hest_root, dst):
     return dst
 
 
+def test_a_finished_slide_is_judged_again_by_a_later_builds_gates():
+    from stx_platform.build.manifest import SlideRecord
+    from stx_platform.build.quality import QualityConfig, recheck
+
+    rec = SlideRecord("S1", "root#S1", DONE, patches=40, median_nucleus_area_um2=31.0, empty_share=0.02)
+    assert recheck(rec, QualityConfig()) is rec
+    failed = recheck(rec, QualityConfig(max_empty_share=0.01))
+    assert (failed.status, failed.gate) == (FAILED, "max_empty_share") and "2%" in failed.error
+    assert recheck(rec, QualityConfig(min_patches=41)).gate == "min_patches"
+    old = SlideRecord("S2", "root#S2", DONE, patches=40)          # a record from before the measurements
+    assert recheck(old, QualityConfig(max_empty_share=0.0)) is old
+
+
 @pytest.mark.slow
 def test_a_slide_whose_worker_keeps_dying_is_failed_not_retried_forever(ref, tmp_path):
     """Ray Data restarts a dead worker and gives it the same slide again; the attempts counted
@@ -159,6 +172,15 @@ def test_ray_build_records_a_failing_slide_and_resumes(hest_root, tmp_path, loca
     assert "3 already done, 1 to do" in text and again["done"] == 3
     relabel = run_build(src, out, PatchConfig(), LabelConfig(top_n=8))
     assert relabel["done"] == 3 and len(list((tmp_path / "ds" / "labels").iterdir())) == 2
+    # stricter gates judge the finished slides again from their records, without re-reading them
+    from stx_platform.build.quality import QualityConfig
+
+    capsys.readouterr()
+    strict = run_build(src, out, PatchConfig(), LabelConfig(top_n=8), quality=QualityConfig(max_nucleus_area_um2=1.0))
+    regated = [r for r in strict["slides"] if r["gate"] == "max_nucleus_area_um2"]
+    assert strict["done"] == 0 and len(regated) == 3 and all("judged again" in r["error"] for r in regated)
+    assert "3 built earlier failing this build's quality gates" in capsys.readouterr().out
+    assert read_records(out)[regated[0]["sample_id"]].status == FAILED
 
 
 @pytest.mark.slow

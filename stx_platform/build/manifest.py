@@ -42,6 +42,8 @@ class SlideRecord:
     error: str = ""
     gate: str = ""                  # the quality gate a failed slide did not pass
     warnings: list = field(default_factory=list)
+    median_nucleus_area_um2: float | None = None   # the quality gates' measurements (None: not measured)
+    empty_share: float | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict:

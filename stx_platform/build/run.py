@@ -18,7 +18,7 @@ from stx_platform.build.manifest import (
     write_record,
 )
 from stx_platform.build.label_sets import write_label_config
-from stx_platform.build.quality import QualityConfig
+from stx_platform.build.quality import QualityConfig, recheck
 from stx_platform.build.slide import build_slide
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig
@@ -105,15 +105,21 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
     phash = patch_config.config_hash()
     previous = read_records(out)
     rows, skipped = [], []
+    quality = quality or QualityConfig()
     for ref in refs:
         sid = sample_id_of(ref)
         if is_done(out, previous.get(sid), phash, set_id):
-            skipped.append(previous[sid])
+            skipped.append(recheck(previous[sid], quality))
         else:
             rows.append({"ref": ref, "sample_id": sid})
             storage.remove(attempts_url(out, sid))      # a new build gives every slide its tries again
+    regated = [r for r in skipped if r.status != DONE]
     print_fn(f"build: {len(refs)} slide(s) from {source} -> {out}; label set {set_id}, patch config {phash}; "
-             f"{len(skipped)} already done, {len(rows)} to do")
+             f"{len(skipped) - len(regated)} already done, {len(rows)} to do"
+             + (f", {len(regated)} built earlier failing this build's quality gates" if regated else ""))
+    for rec in regated:
+        write_record(out, rec)
+        print_fn(f"  {rec.sample_id}: FAILED: {rec.error}")
     records = list(skipped)
     if rows:
         ctx = ray.data.DataContext.get_current()
@@ -128,7 +134,7 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
                     fn_constructor_kwargs={"out": out, "patch_config": patch_config.model_dump(),
                                            "label_config": label_config.model_dump(),
                                            "previous": {k: v.to_json() for k, v in previous.items()},
-                                           "quality": (quality or QualityConfig()).model_dump(),
+                                           "quality": quality.model_dump(),
                                            "max_attempts": max_attempts, "review": review,
                                            "reader_options": reader_options})
         try:
@@ -144,7 +150,7 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
                 capacity.request([])
     build = {"source": source, "label_set_id": set_id, "label_config": label_config.model_dump(),
              "patch_config_hash": phash, "patch_config": patch_config.model_dump(),
-             "quality": (quality or QualityConfig()).model_dump(),
+             "quality": quality.model_dump(),
              "markers_hash": db.content_hash(), "seconds": round(time.perf_counter() - t0, 1)}
     write_label_config(storage.join(out, "labels", set_id), label_config)
     doc = write_manifest(out, records, build)

@@ -63,7 +63,8 @@ def build_slide(ref: str, out: str, patch_config: PatchConfig, label_config: Lab
     try:
         sample = read_sample(ref, **(reader_options or {}))
         rec.sample_id, rec.organ, rec.cells = sample.sample_id, sample.organ, sample.n_cells
-        rec.warnings = check_sample(sample, quality)
+        rec.warnings, m = check_sample(sample, quality)
+        rec.median_nucleus_area_um2, rec.empty_share = m["median_nucleus_area_um2"], m["empty_share"]
         say(f"labelling {sample.n_cells:,} cells")
         rec.label_table, res = label_sample(sample, out, label_config, db, cache_url)
         rec.labels = {k: int(v) for k, v in res.cells["label"].value_counts().items()}
