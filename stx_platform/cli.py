@@ -507,7 +507,7 @@ def _training_options(p: argparse.ArgumentParser, preset_help: str) -> None:
     p.add_argument("--dataset", default="stx-data/dataset", help="built dataset URL (stx build --out)")
     p.add_argument("--validation", help=f"PanNuke-format fold URL (default: {DEFAULT_PANNUKE_OUT}, synthetic, "
                                         "generated when missing)")
-    p.add_argument("--preset", choices=("auto", "tiny", "cellvit"), default="auto", help=preset_help)
+    p.add_argument("--preset", choices=("auto", "tiny", "cpu", "cellvit"), default="auto", help=preset_help)
 
 
 def _run_options(p: argparse.ArgumentParser, name_help: str, resume_help: str) -> None:
@@ -614,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train CellViT on a built dataset with Ray Train, validating on a PanNuke "
                                       "fold every epoch; tracked in MLflow")
-    _training_options(tr, "starting settings: cellvit = the paper's GPU recipe, tiny = CPU demo; auto picks by GPU")
+    _training_options(tr, "starting settings: cellvit = the paper's GPU recipe, cpu = a tiny model that learns "
+                          "on 2 cores in ~10 min, tiny = a 2-minute CPU demo; auto picks cellvit or tiny by GPU")
     tr.add_argument("--config", help="YAML with a train: section (or train fields at top level); a labels: "
                                      "section (best_labels.yaml of a sweep) picks that label set")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a train field, e.g. epochs=5")

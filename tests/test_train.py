@@ -65,6 +65,8 @@ def test_presets_yaml_and_overrides(tmp_path):
     cfg = TrainConfig.load(str(f), ["lr=0.01"])
     assert (cfg.preset, cfg.model, cfg.epochs, cfg.lr, cfg.samples_per_epoch) == ("tiny", "tiny", 5, 0.01, 192)
     assert LabelConfig.load(str(f)).resolution == 2
+    cpu = TrainConfig.load(preset="cpu", overrides=["epochs=4"])   # every patch each epoch, CellViT's lr
+    assert (cpu.preset, cpu.model, cpu.epochs, cpu.samples_per_epoch, cpu.lr, cpu.amp) == ("cpu", "tiny", 4, None, 3e-4, False)
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig.load(overrides=["model=vit9000"])
     with pytest.raises(ValueError, match="unknown loss terms"):
