@@ -176,7 +176,9 @@ def test_ray_build_records_a_failing_slide_and_resumes(hest_root, tmp_path, loca
     from stx_platform.build.quality import QualityConfig
 
     capsys.readouterr()
-    strict = run_build(src, out, PatchConfig(), LabelConfig(top_n=8), quality=QualityConfig(max_nucleus_area_um2=1.0))
+    # (the source without BAD0001: only finished slides, so no slide task runs)
+    strict = run_build(hest_root, out, PatchConfig(), LabelConfig(top_n=8),
+                       quality=QualityConfig(max_nucleus_area_um2=1.0))
     regated = [r for r in strict["slides"] if r["gate"] == "max_nucleus_area_um2"]
     assert strict["done"] == 0 and len(regated) == 3 and all("judged again" in r["error"] for r in regated)
     assert "3 built earlier failing this build's quality gates" in capsys.readouterr().out
