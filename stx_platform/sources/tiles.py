@@ -17,10 +17,11 @@ import numpy as np
 
 from stx_platform import storage
 from stx_platform.errors import SampleError
-from stx_platform.sources.pannuke import PanNukeItem
 from stx_platform.predict import MODEL_MPP
+from stx_platform.sources.pannuke import PanNukeItem
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER
 from stx_platform.viz import read_image
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 UNLABELLED = "Unlabelled"
 
