@@ -247,6 +247,19 @@ def _ray_session(args, dashboard: bool = False):
         yield
 
 
+def _source(source: str | None) -> str:
+    """The slides to build: ``source``, else the embedded synthetic default (generated when missing)."""
+    if source is not None:
+        return source
+    from stx_platform.sources import list_samples
+
+    if not list_samples(DEFAULT_HEST_OUT):
+        print(f"no source given and {DEFAULT_HEST_OUT} is empty: generating the embedded synthetic default there",
+              flush=True)
+        cmd_synth(build_parser().parse_args(["synth", "--out", DEFAULT_HEST_OUT]))
+    return DEFAULT_HEST_OUT
+
+
 def cmd_build(args) -> int:
     import os
 
@@ -260,14 +273,7 @@ def cmd_build(args) -> int:
     patch_config = load_config(PatchConfig, args.config, "patches", _section_overrides(args.set, "patches"))
     quality = load_config(QualityConfig, args.config, "quality", _section_overrides(args.set, "quality"))
 
-    source = args.source
-    if source is None:
-        from stx_platform.sources import list_samples
-
-        source = DEFAULT_HEST_OUT
-        if not list_samples(source):
-            print(f"no source given and {source} is empty: generating the embedded synthetic default there", flush=True)
-            cmd_synth(build_parser().parse_args(["synth", "--out", source]))
+    source = _source(args.source)
     reader_options = _bundle_options(args, source)
     with _ray_session(args):
         manifest = run_build(source, args.out, patch_config, label_config, cpus_per_slide=args.cpus_per_slide,
@@ -344,9 +350,10 @@ def _print_epoch(total: int):
     return show
 
 
-def _train_config(args, overrides):
+def _train_config(args, overrides, cpu_preset: str = "tiny"):
     """TrainConfig from --preset (auto: cellvit when the Ray cluster has GPUs or its autoscaler may
-    add them, else tiny), the config file's train section and the overrides. Needs a Ray session."""
+    add them, else ``cpu_preset``), the config file's train section and the overrides. Needs a Ray
+    session."""
     from stx_platform.capacity import capacity
     from stx_platform.config_io import read_section
     from stx_platform.training.config import TrainConfig
@@ -355,7 +362,7 @@ def _train_config(args, overrides):
     if preset == "auto":
         preset = read_section(args.config, "train").get("preset")
     if preset in (None, "auto"):
-        preset = "cellvit" if capacity().get("GPU", 0) > 0 else "tiny"
+        preset = "cellvit" if capacity().get("GPU", 0) > 0 else cpu_preset
         why = "GPUs in the Ray cluster or its autoscaler" if preset == "cellvit" else "no GPU in the Ray cluster"
         print(f"preset {preset} ({why}; choose with --preset)", flush=True)
     return TrainConfig.load(args.config, overrides, preset=preset)
@@ -391,7 +398,9 @@ def cmd_train(args) -> int:
             info = read_run_info(args.storage, args.name)
             cfg = TrainConfig.model_validate(apply_overrides(dict(info["train"]), overrides))
             dataset, validation, label_set = info["dataset"], info["validation"], info["label_set_id"] or None
+            sample_ids = info.get("sample_ids")
         else:
+            sample_ids = None
             cfg = _train_config(args, overrides)
             dataset, validation = args.dataset, _validation_fold(args.validation)
             label_set = args.label_set or _config_label_set(args.config)
@@ -399,7 +408,8 @@ def cmd_train(args) -> int:
               f"{cfg.samples_per_epoch or 'all'} patches, batch {cfg.batch_size} x {cfg.num_workers} worker(s); "
               f"dataset {dataset}, validation {validation}", flush=True)
         res = run_training(dataset, validation, cfg, storage_url=args.storage, name=args.name, resume=args.resume,
-                           label_set_id=label_set, mlflow_uri=args.mlflow, on_epoch=_print_epoch(cfg.epochs))
+                           label_set_id=label_set, mlflow_uri=args.mlflow, on_epoch=_print_epoch(cfg.epochs),
+                           sample_ids=sample_ids)
     b = res.best_metrics
     print(f"\ntrained {res.epochs} epoch(s) in {res.seconds:.0f} s; run {res.run_dir}")
     print(f"best checkpoint ({cfg.metric} {_fmt(b.get('val_' + cfg.metric))}): {res.best_checkpoint}")
@@ -484,6 +494,74 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    import torch
+
+    from stx_platform import storage
+    from stx_platform.config_io import split_overrides
+    from stx_platform.experiments import run as X
+    from stx_platform.tracking import redact
+    from stx_platform.viz import figure_png
+
+    t0 = time.time()
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    source = _source(args.source)
+    label_config = _label_config(args, split_overrides(args.set, "labels", default="train"))
+    out = args.out
+    print(f"stx experiment {args.table}: source {source} -> {out}", flush=True)
+    with _ray_session(args):
+        cfg = _train_config(args, split_overrides(args.set, "train", default="train"), cpu_preset="cpu")
+        validation = _validation_fold(args.validation)
+        uri, parent = X.start_parent(args.mlflow, args.table, {"source": source, "out": out, "preset": cfg.preset,
+                                                               "model": cfg.model, "validation": validation})
+        try:
+            setup = X.prepare(source, out, validation, cfg, dataset=args.dataset, heldout=args.heldout,
+                              pannuke_fold=args.pannuke_train, label_config=label_config, say=say)
+            X.train_models(setup, cfg, mlflow_uri=uri, parent_run_id=parent, say=say, on_epoch=_print_epoch)
+        except BaseException:
+            X.fail_parent(uri, parent)
+            raise
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    truth, samples = X.heldout_truth(setup)
+    scores = X.score_models(setup, truth, device=device, overlays=args.overlays, say=say)
+    files = {}
+    if args.table == "table2":
+        md, doc = X.table2(scores)
+        for name, s in scores.items():
+            slug = name.split()[0].lower()
+            written = s["evaluation"].write(storage.join(out, "table2", slug), title=f"{name} on held-out organs")
+            files |= {f"{slug}_{k}": v for k, v in written.items() if k != "metrics"}
+        figures = doc
+    else:
+        from stx_platform.labels.evaluate import confusion_figure
+        from stx_platform.labels.markers import load_markers
+
+        methods = list(args.methods or X.LABEL_METHODS)
+        md, doc, results = X.table3(setup, scores, truth, samples, label_config, load_markers(label_config.markers),
+                                    methods, args.cache, say=say)
+        files["confusion"] = storage.join(out, "table3_confusion.png")
+        storage.write_bytes(files["confusion"], figure_png(confusion_figure(results, list(doc))))
+        figures = {k: doc[k] for k in X.MODELS}
+    header = (f"{'Table 2: segmentation' if args.table == 'table2' else 'Table 3: nucleus classification'} on the "
+              f"held-out organs ({', '.join(setup.split.heldout_organs)}; {len(setup.split.heldout)} slide(s)); "
+              f"models trained with preset {cfg.preset} ({cfg.model}), "
+              + "; ".join(f"{n}: {m['epochs']} x {m['samples_per_epoch']} samples" for n, m in setup.models.items())
+              + "\n\n")
+    files[f"{args.table}_md"] = storage.join(out, f"{args.table}.md")
+    files[f"{args.table}_json"] = storage.join(out, f"{args.table}.json")
+    storage.write_bytes(files[f"{args.table}_md"], (header + md + "\n").encode())
+    storage.write_json(files[f"{args.table}_json"], doc)
+    prefix = "heldout" if args.table == "table2" else "table3"
+    X.log_model_runs(uri, parent, setup, figures, prefix)
+    X.finish_parent(uri, parent, files, {f"{n.split()[0].lower()}_{k}": v for n, f in figures.items()
+                                         for k, v in f.items() if isinstance(v, (int, float))})
+    print()
+    print(header + md)
+    print(f"\nwrote {', '.join(files.values())} ({time.time() - t0:.0f} s)")
+    print(f"mlflow: parent run {parent} at {redact(uri)}")
+    return 0
+
+
 def _label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="label config YAML (defaults: the paper's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. resolution=2")
@@ -514,6 +592,10 @@ def _run_options(p: argparse.ArgumentParser, name_help: str, resume_help: str) -
     """Where a run is tracked and which Ray runs it."""
     p.add_argument("--name", help=name_help)
     p.add_argument("--resume", action="store_true", help=resume_help)
+    _run_options_basic(p)
+
+
+def _run_options_basic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///stx-data/mlflow.db)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -664,6 +746,42 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detection pairing: 'hovernet' (as HoVer-Net and CellViT report: Hungarian over all "
                          "distances, pairs beyond 12 px dropped) or 'gated' (Hungarian within 12 px only)")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("experiment", help="the paper's experiments: Table 2 (segmentation of held-out organs, ST "
+                                           "model vs PanNuke model) and Table 3 (nucleus classification)")
+    ex_sub = ex.add_subparsers(dest="table", required=True)
+    for table, text in (("table2", "train the ST model on the training organs and the PanNuke model on a PanNuke "
+                                   "fold (same preset and budget); score both on the held-out organs' patches"),
+                        ("table3", "the label methods and both models (majority type per nucleus) against the "
+                                   "held-out slides' annotation")):
+        t = ex_sub.add_parser(table, help=text, description=text + "; models trained by the other table with the "
+                                                                   "same settings and --out are reused")
+        t.add_argument("--source", help=f"HEST root, Xenium bundles folder (default: {DEFAULT_HEST_OUT}, generated "
+                                        "when empty)")
+        t.add_argument("--out", default="stx-data/experiment", help="where the build, runs and tables go")
+        t.add_argument("--dataset", help="dataset URL to build the source into (default: OUT/dataset)")
+        t.add_argument("--heldout", nargs="+", metavar="ORGAN",
+                       help="organs to hold out (default: the paper's held-out organs present, else the last organ "
+                            "in name order)")
+        t.add_argument("--pannuke-train", help="PanNuke-format fold the PanNuke model trains on (default: a "
+                                               "synthetic one, written to OUT/pannuke-train)")
+        t.add_argument("--validation", help=f"PanNuke-format fold both models validate on every epoch (default: "
+                                            f"{DEFAULT_PANNUKE_OUT}, synthetic, generated when missing)")
+        t.add_argument("--preset", choices=("auto", "tiny", "cpu", "cellvit"), default="auto",
+                       help="both models' training settings (auto: cellvit with GPUs, else cpu)")
+        t.add_argument("--config", help="YAML with train: and labels: sections")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a field: train.epochs=2 (or epochs=2), labels.resolution=3")
+        _marker_options(t)
+        t.add_argument("--cache", help="stage-cache URL for the label methods (table3)")
+        if table == "table3":
+            t.add_argument("--methods", nargs="+", help="label methods, any of stx label-eval's (default: the paper's "
+                                                        "rows: TopDown UCell AUCell CellAssign 'Paper w/o Hier' "
+                                                        "Paper Ours)")
+        t.add_argument("--device", help="cuda or cpu for scoring (default: cuda when available)")
+        t.add_argument("--overlays", type=int, default=6, help="held-out patches drawn per model")
+        _run_options_basic(t)
+        t.set_defaults(func=cmd_experiment)
 
     from stx_platform.predict import add_predict_parser
 

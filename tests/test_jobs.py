@@ -6,6 +6,7 @@ appended that fit 2 CPUs (argparse keeps the last value of a repeated option). T
 free ports in its own temp dir and is stopped alone, leaving every other Ray on the machine
 running."""
 
+import json
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO, RAY_TMPDIR, RayHead, free_port
 
-JOBS = ("synth", "build_dataset", "train", "tune")
+JOBS = ("synth", "build_dataset", "train", "tune", "experiment")
 
 #: Appended to each README command so that it fits this machine.
 FIT_2_CPUS = {
@@ -31,6 +32,9 @@ FIT_2_CPUS = {
     "tune": ["--preset", "tiny", "--set", "search=grid", "--set", "space={tau_cancer: [0.2]}",
              "--set", "train.num_workers=1", "--set", "train.epochs=1", "--set", "train.samples_per_epoch=8",
              "--set", "train.val_images=4"],
+    "experiment": ["--preset", "tiny", "--set", "train.num_workers=1", "--set", "train.ingest_cpus=0.5",
+                   "--set", "train.ingest_actors=[1,2]", "--set", "train.epochs=1", "--set", "train.samples_per_epoch=8",
+                   "--set", "train.val_images=4", "--overlays", "2"],
 }
 
 
@@ -54,8 +58,9 @@ def cluster_mlflow_server(port: int, home: Path, bucket: str) -> str:
 def test_readme_gives_every_job_and_each_takes_address():
     assert set(readme_jobs()) == set(JOBS)
     for job in JOBS:
-        r = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
+        sub = ["table2"] if job == "experiment" else []     # its options are per table
+        r = subprocess.run([sys.executable, f"jobs/{job}.py", *sub, "--help"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
         assert r.returncode == 0 and "--address" in r.stdout, (job, r.stdout[-2000:] + r.stderr[-2000:])
 
 
@@ -104,8 +109,8 @@ def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
     data = f"{s3_server}/jobs"
     cmds = readme_jobs()
 
-    def submit(job: str) -> str:
-        r = subprocess.run(["bash", "-c", cmds[job] + ' "$@"', "job", *FIT_2_CPUS[job]], cwd=REPO,
+    def submit(job: str, extra: tuple = (), cmd: str | None = None) -> str:
+        r = subprocess.run(["bash", "-c", (cmd or cmds[job]) + ' "$@"', "job", *FIT_2_CPUS[job], *extra], cwd=REPO,
                            env={**env, "DATA": data}, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (job, r.stdout[-3000:] + r.stderr[-3000:])
         return r.stdout
@@ -128,6 +133,20 @@ def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
     [best] = fs.glob(f"{data}/sweeps/*/best_labels.yaml".removeprefix("s3://"))
     assert "tau_cancer: 0.2" in fs.cat(best).decode()
 
+    # Table 2 from the built dataset (colon held out), the PanNuke model on the synthetic fold
+    # (README names fold1, which this test does not write); then Table 3 reuses both models
+    out = submit("experiment", ("--pannuke-train", f"{data}/pannuke/fold3"))
+    assert "held out: colon" in out and "| ST model |" in out and "| PanNuke model |" in out
+    t2 = json.loads(fs.cat(f"{data}/experiment/table2.json"))
+    assert list(t2) == ["ST model", "PanNuke model"]
+    assert all({"dice", "jaccard", "bPQ", "f1", "precision", "recall"} <= set(v) for v in t2.values())
+    out = submit("experiment", ("--pannuke-train", f"{data}/pannuke/fold3", "--methods", "Ours"),
+                 cmd=cmds["experiment"].replace(" table2 ", " table3 "))
+    assert out.count("trained before with these settings") == 2
+    t3 = json.loads(fs.cat(f"{data}/experiment/table3.json"))
+    assert list(t3) == ["Ours", "ST model", "PanNuke model"] and len({v["n_cells"] for v in t3.values()}) == 1
+    assert fs.exists(f"{data}/experiment/table2/st/overlays.png")
+
     # every run reached the cluster's MLflow server, and their artifacts its S3 destination
     c = client(uri)
     train_runs = c.search_runs([c.get_experiment_by_name("stx-train").experiment_id])
@@ -135,3 +154,10 @@ def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
     tune_runs = c.search_runs([c.get_experiment_by_name("stx-tune").experiment_id])
     assert len(tune_runs) == 2  # the sweep's parent run and its one trial
     assert fs.glob(f"{s3_server}/stx/mlflow/**".removeprefix("s3://"))
+    exp = c.get_experiment_by_name("stx-experiment").experiment_id
+    runs = c.search_runs([exp])
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("stx.kind") == "experiment"}
+    assert sorted(r.data.tags["stx.table"] for r in parents.values()) == ["table2", "table3"]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
+    assert len(nested) == 4 and all(r.info.status == "FINISHED" for r in runs)   # per table, one run per model
+    assert all(any(k.startswith(("heldout_", "table3_")) for k in r.data.metrics) for r in nested)

@@ -283,9 +283,11 @@ class ShardUnitReader(TransformBatch):
 
 # ---------------------------------------------------------------- Ray Data
 
-def shard_urls(dataset_url: str) -> list[str]:
-    """URLs of the patch shards of the dataset's done slides."""
-    return [storage.join(dataset_url, s["shard"]) for s in done_slides(dataset_url)]
+def shard_urls(dataset_url: str, sample_ids: Iterable[str] | None = None) -> list[str]:
+    """URLs of the patch shards of the dataset's done slides (only ``sample_ids`` when given)."""
+    wanted = None if sample_ids is None else set(sample_ids)
+    return [storage.join(dataset_url, s["shard"]) for s in done_slides(dataset_url)
+            if wanted is None or s["sample_id"] in wanted]
 
 
 def shard_units(urls: Sequence[str]) -> list[dict]:
@@ -302,8 +304,10 @@ def shard_units(urls: Sequence[str]) -> list[dict]:
 
 def training_dataset(dataset_url: str, label_set_id: str | None = None, *, augment: bool = True, seed: int = 0,
                      batch_size: int = 16, config: AugmentConfig | None = None, num_cpus: float = 0.5,
-                     concurrency: int | tuple[int, int] = (1, 2), samples_per_epoch: int | None = None):
-    """A Ray Dataset of training samples from the done slides of ``<dataset>/manifest.json``.
+                     concurrency: int | tuple[int, int] = (1, 2), samples_per_epoch: int | None = None,
+                     sample_ids: Iterable[str] | None = None):
+    """A Ray Dataset of training samples from the done slides of ``<dataset>/manifest.json``
+    (only ``sample_ids`` when given: a held-out split trains on the other slides).
 
     The shards' row groups are the units of work: their order is shuffled anew on every execution
     (= every epoch, reproducibly from ``seed``), then :class:`ShardUnitReader` actors (``num_cpus``
@@ -318,9 +322,10 @@ def training_dataset(dataset_url: str, label_set_id: str | None = None, *, augme
     from ray.data import RandomSeedConfig
 
     lo, hi = (concurrency, concurrency) if isinstance(concurrency, int) else concurrency
-    urls = shard_urls(dataset_url)
+    urls = shard_urls(dataset_url, sample_ids)
     if not urls:
-        raise ValueError(f"{dataset_url}: the manifest lists no done slides")
+        raise ValueError(f"{dataset_url}: the manifest lists no done slides"
+                         + ("" if sample_ids is None else f" among {sorted(sample_ids)}"))
     units = shard_units(urls)
     total = sum(u["rows"] for u in units)
     fraction = min(1.0, samples_per_epoch / total) if samples_per_epoch and total else 1.0

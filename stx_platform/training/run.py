@@ -81,8 +81,9 @@ def _default_name(cfg: TrainConfig, label_set_id: str) -> str:
     return f"{cfg.model}-{label_set_id[:8] or 'labels'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_inputs(dataset: str, validation: str) -> list[dict]:
-    """The dataset's done slides; clear errors for a missing dataset or validation fold."""
+def check_inputs(dataset: str, validation: str, sample_ids=None) -> list[dict]:
+    """The dataset's done slides (those of ``sample_ids`` when given); clear errors for a missing
+    dataset, slide or validation fold."""
     from stx_platform.sources.pannuke import PanNukeFold
 
     if not storage.exists(storage.join(dataset, "manifest.json")):
@@ -90,6 +91,11 @@ def check_inputs(dataset: str, validation: str) -> list[dict]:
     slides = done_slides(dataset)
     if not slides:
         raise ValueError(f"{dataset}/manifest.json: no slide was built successfully; nothing to train on")
+    if sample_ids is not None:
+        missing = sorted(set(sample_ids) - {s["sample_id"] for s in slides})
+        if missing:
+            raise ValueError(f"{dataset}/manifest.json: no done slide {', '.join(missing)}")
+        slides = [s for s in slides if s["sample_id"] in set(sample_ids)]
     PanNukeFold(validation)       # raises SampleError naming the missing/bad file
     return slides
 
@@ -135,9 +141,10 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                  resume: bool = False, label_set_id: str | None = None, mlflow_uri: str | None = None,
                  experiment: str = EXPERIMENT, on_epoch: Callable[[dict], None] | None = None,
                  mlflow_tags: dict | None = None, mlflow_params: dict | None = None, info: dict | None = None,
-                 callbacks: list | None = None) -> TrainResult:
-    """Train CellViT on ``dataset`` (a built dataset URL) with ``label_set_id`` (None: the labels
-    the dataset was built with), validating on the PanNuke fold at ``validation`` every epoch.
+                 callbacks: list | None = None, sample_ids: list[str] | None = None) -> TrainResult:
+    """Train CellViT on ``dataset`` (a built dataset URL; only its slides ``sample_ids`` when given)
+    with ``label_set_id`` (None: the labels the dataset was built with), validating on the PanNuke
+    fold at ``validation`` every epoch.
 
     ``mlflow_tags``/``mlflow_params`` go to a new MLflow run beside the standard ones (a Tune trial
     tags its parent run), ``info`` into ``stx_run.json``; ``callbacks`` are extra Ray Train
@@ -153,7 +160,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     dataset, validation, storage_url = (storage.absolute(u) for u in (dataset, validation, storage_url))
     if cfg.pretrained:
         cfg = cfg.model_copy(update={"pretrained": storage.absolute(cfg.pretrained)})
-    slides = check_inputs(dataset, validation)
+    slides = check_inputs(dataset, validation, sample_ids)
     manifest = storage.read_json(storage.join(dataset, "manifest.json"))
     label_override = label_set_id if label_set_id and label_set_id != manifest.get("label_set_id") else None
     check_labels(dataset, slides, label_override)
@@ -180,17 +187,20 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                                  "dataset": dataset, "validation": validation, "label_set_id": label_set_id,
                                  "patch_config_hash": manifest.get("patch_config_hash"),
                                  "markers_hash": manifest.get("markers_hash"), "slides": len(slides),
-                                 "patches": sum(int(s.get("patches", 0)) for s in slides), **(mlflow_params or {})})
+                                 "patches": sum(int(s.get("patches", 0)) for s in slides),
+                                 **({} if sample_ids is None else {"sample_ids": ",".join(sorted(sample_ids))}),
+                                 **(mlflow_params or {})})
         c.log_dict(run_id, manifest, "dataset/manifest.json")
         info = {"name": name, "mlflow_run_id": run_id, "tracking_uri": redact(uri), "dataset": dataset,
                 "validation": validation, "label_set_id": label_set_id, "train": cfg.model_dump(mode="json"),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **({} if sample_ids is None else {"sample_ids": sorted(sample_ids)}), **(info or {})}
         storage.write_json(storage.join(run_dir, RUN_INFO), info)
 
     ds = training_dataset(dataset, label_override,
                           augment=cfg.augment, seed=cfg.seed, batch_size=cfg.batch_size,
                           num_cpus=cfg.ingest_cpus, concurrency=tuple(cfg.ingest_actors),
-                          samples_per_epoch=cfg.samples_per_epoch)
+                          samples_per_epoch=cfg.samples_per_epoch, sample_ids=sample_ids)
     storage_path, storage_fs = storage.arrow_filesystem(storage_url)
     events = Queue(actor_options={"num_cpus": 0})   # also fits inside a Tune trial's placement group
     run_info = {"dataset": dataset, "validation": validation, "label_set_id": label_set_id, "name": name,

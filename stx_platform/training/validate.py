@@ -127,7 +127,8 @@ def overlay_panel(image: np.ndarray, true_inst, true_classes: dict, pred_inst, p
 
 
 def _predict_items(model: torch.nn.Module, items: list, batch_size: int, amp: bool) -> list[tuple]:
-    """(instance map, {id: class}) per item; images of different sizes are predicted one by one."""
+    """(instance map, {id: class}, type probabilities (C, H, W)) per item; images of different
+    sizes are predicted one by one."""
     shapes = {it.image.shape for it in items}
     groups = [items] if len(shapes) == 1 else [[it] for it in items]
     out = []
@@ -135,7 +136,7 @@ def _predict_items(model: torch.nn.Module, items: list, batch_size: int, amp: bo
         maps = predict_maps(model, np.stack([it.image for it in g]), batch_size, amp)
         for j in range(len(g)):
             inst, table = instances(maps, j)
-            out.append((inst, dict(zip(table["id"].tolist(), table["class"].tolist()))))
+            out.append((inst, dict(zip(table["id"].tolist(), table["class"].tolist())), maps.type[j]))
     return out
 
 
@@ -162,10 +163,12 @@ def round_trip(fold, limit: int | None = None) -> dict[str, float]:
 
 def evaluate(model: torch.nn.Module, fold, limit: int | None = None, batch_size: int = 8,
              amp: bool = True, overlays: int = 6, classes: Sequence[int] = SCORED, radius: float = 12,
-             progress: Callable[[int, int], None] | None = None, pairing: str = "hovernet") -> Evaluation:
+             progress: Callable[[int, int], None] | None = None, pairing: str = "hovernet",
+             on_item: Callable[[int, object, np.ndarray], None] | None = None) -> Evaluation:
     """Predict, post-process and score the first ``limit`` images (all when None) of a PanNuke fold
     (a URL or :class:`PanNukeFold`) or of any sequence of items shaped alike (e.g.
-    :class:`~stx_platform.sources.tiles.TileFolder`)."""
+    :class:`~stx_platform.sources.tiles.TileFolder`). ``on_item(index, item, type probabilities)``
+    sees each image's per-pixel class probabilities (C, H, W) as it is predicted."""
     fold = PanNukeFold(fold) if isinstance(fold, str) else fold
     n = len(fold) if limit is None else min(limit, len(fold))
     if n == 0:
@@ -173,7 +176,9 @@ def evaluate(model: torch.nn.Module, fold, limit: int | None = None, batch_size:
     true_insts, true_cls, pred_insts, pred_cls, tissues, rows = [], [], [], [], [], []
     for s in range(0, n, batch_size):
         items = [fold[i] for i in range(s, min(n, s + batch_size))]
-        for it, (inst, pc) in zip(items, _predict_items(model, items, batch_size, amp)):
+        for i, (it, (inst, pc, type_prob)) in enumerate(zip(items, _predict_items(model, items, batch_size, amp)), s):
+            if on_item:
+                on_item(i, it, type_prob)
             tc = {k: class_index(v) for k, v in it.classes.items()}
             true_insts.append(it.instances)
             true_cls.append(tc)
