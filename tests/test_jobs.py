@@ -34,7 +34,8 @@ FIT_2_CPUS = {
              "--set", "train.val_images=4"],
     "experiment": ["--preset", "tiny", "--set", "train.num_workers=1", "--set", "train.ingest_cpus=0.5",
                    "--set", "train.ingest_actors=[1,2]", "--set", "train.epochs=1", "--set", "train.samples_per_epoch=8",
-                   "--set", "train.val_images=4", "--overlays", "2"],
+                   "--set", "train.val_images=4", "--set", "train.class_balance=true",
+                   "--overlays", "2"],
 }
 
 

@@ -22,6 +22,7 @@ from stx_platform.model import (
     freeze_encoder,
     get_config,
     load_checkpoint,
+    median_frequency_weights,
     mse_loss,
     msge_loss,
 )
@@ -232,9 +233,21 @@ def test_cross_entropy_and_mse_hand_values():
     target = torch.tensor([[[0, 1]]])
     expected = (math.log(1 + 2 * math.exp(-2)) + math.log(1 + 2 * math.exp(-5))) / 2
     assert cross_entropy_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # class weights: a weighted mean, so class 1's pixel counts 3 times class 0's
+    w = torch.tensor([1.0, 3.0, 1.0])
+    expected = (math.log(1 + 2 * math.exp(-2)) + 3 * math.log(1 + 2 * math.exp(-5))) / 4
+    assert cross_entropy_loss(logits, target, weight=w).item() == pytest.approx(expected, rel=1e-6)
     pred, true = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
     pred[0, 0, 0, 0], pred[0, 1, 1, 1] = 1.0, -2.0
     assert mse_loss(pred, true).item() == pytest.approx((1 + 4) / 8)
+
+
+def test_median_frequency_weights_favour_rare_classes_and_leave_background():
+    order = ("Background", "Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial")
+    w = median_frequency_weights({"Neoplastic": 100, "Inflammatory": 50, "Connective": 300, "Epithelial": 200,
+                                  "Unknown": 999}, order)
+    assert w == pytest.approx([1.0, 1.5, 3.0, 0.5, 1.0, 0.75])      # median 150; Dead absent, Unknown not a class
+    assert median_frequency_weights({}, order) == [1.0] * 6
 
 
 def test_msge_hand_values_and_orientation():

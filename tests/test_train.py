@@ -67,6 +67,10 @@ def test_presets_yaml_and_overrides(tmp_path):
     assert LabelConfig.load(str(f)).resolution == 2
     cpu = TrainConfig.load(preset="cpu", overrides=["epochs=4"])   # every patch each epoch, CellViT's lr
     assert (cpu.preset, cpu.model, cpu.epochs, cpu.samples_per_epoch, cpu.lr, cpu.amp) == ("cpu", "tiny", 4, None, 3e-4, False)
+    # augmentation strengths reach the ingest as set, through the JSON that Ray hands the workers
+    strong = TrainConfig.load(preset="cpu", overrides=["augmentation.stain_scale=0.2"])
+    again = TrainConfig.model_validate(strong.model_dump(mode="json"))
+    assert (again.augmentation.stain_scale, again.augmentation.stain_shift) == (0.2, 0.02)
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig.load(overrides=["model=vit9000"])
     with pytest.raises(ValueError, match="unknown loss terms"):

@@ -185,7 +185,7 @@ def score_models(setup: Setup, truth: dict[str, pd.Series], *, device: str = "cp
 
     patches = DatasetPatches(setup.dataset, setup.split.heldout, truth)
     out = {}
-    for name in MODELS:
+    for name in setup.models:
         tm = load_trained_model(setup.models[name]["checkpoint"], device)
         votes = NucleusVotes()
 

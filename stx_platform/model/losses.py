@@ -30,6 +30,7 @@ Terms (weights: :data:`DEFAULT_WEIGHTS`, the CellViT paper configs)
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 
 import torch
@@ -109,12 +110,26 @@ def focal_tversky_loss(
     return loss.sum()
 
 
-def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Mean cross entropy over the pixels (or samples) whose target is not ``ignore_index``; 0 when
-    none is left (instead of NaN)."""
-    n = (target != ignore_index).sum()
-    total = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction="sum")
-    return total / n.clamp_min(1).to(total.dtype)
+def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross entropy over the pixels (or samples) whose target is not ``ignore_index``
+    (weighted mean with per-class ``weight``); 0 when none is left (instead of NaN)."""
+    target = target.long()
+    valid = target != ignore_index
+    w = weight.to(logits.dtype) if weight is not None else None
+    total = F.cross_entropy(logits, target, weight=w, ignore_index=ignore_index, reduction="sum")
+    n = valid.sum().to(total.dtype) if w is None else w[target[valid]].sum()
+    return total / n.clamp_min(1)
+
+
+def median_frequency_weights(counts: Mapping[str, int], order: tuple[str, ...]) -> list[float]:
+    """Per-class loss weights by median-frequency balancing (Eigen & Fergus 2015): for each class of
+    ``order`` with a count, median(counts) / count; 1 for the others (background, classes absent)."""
+    present = {c: float(n) for c, n in counts.items() if c in order[1:] and n > 0}
+    if not present:
+        return [1.0] * len(order)
+    med = statistics.median(present.values())
+    return [med / present[c] if c in present else 1.0 for c in order]
 
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -195,7 +210,7 @@ class CellViTLoss(nn.Module):
         type_t = targets["type"].long()
         type_prob = type_logits.softmax(1)
         type_oh, valid = one_hot(type_t, type_logits.shape[1])
-        c["type_ce"] = cross_entropy_loss(type_logits, type_t)
+        c["type_ce"] = cross_entropy_loss(type_logits, type_t, weight=self.class_weights)
         c["type_dice"] = dice_loss(type_prob, type_oh, valid)
         c["type_focal_tversky"] = focal_tversky_loss(type_prob, type_oh, valid, per_class=True,
                                                      class_weights=self.class_weights, **self.ft)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stx_platform.config_io import apply_overrides, read_section
 from stx_platform.model import CONFIGS, DEFAULT_WEIGHTS
+from stx_platform.training.augmentation import AugmentConfig
 
 #: validation metrics a run can be judged by (keys of the flat validation dict)
 METRICS: tuple[str, ...] = ("mPQ", "bPQ", "dice", "jaccard", "f1", "precision", "recall", "macro_f1", "accuracy")
@@ -35,14 +36,21 @@ class TrainConfig(BaseModel):
     lr_gamma: float = Field(0.95, gt=0, le=1, description="exponential decay of the lr per epoch")
     freeze_encoder_epochs: int = Field(25, ge=0, description="epochs with the ViT encoder frozen (warm-up)")
     loss_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    class_balance: bool = Field(False, description="weight the type loss's classes by median-frequency balancing "
+                                                     "of the training labels (CellViT samples by class instead)")
     amp: bool = Field(True, description="fp16 autocast + grad scaling (GPU only; ignored on CPU)")
     samples_per_epoch: int | None = Field(None, ge=1, description="patches per epoch (None: the whole dataset)")
     augment: bool = True
+    augmentation: AugmentConfig = Field(default_factory=AugmentConfig,
+                                        description="augmentation strengths, e.g. augmentation.stain_scale=0.2")
     seed: int = 0
     # scale
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each when use_gpu)")
     use_gpu: bool | None = Field(None, description="None: use GPUs when the Ray cluster has any")
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines so Ray Data keeps CPUs")
+    torch_threads: int | None = Field(None, ge=0, description="CPU training: torch threads per worker (None: the "
+                                                              "worker's CPUs, as Ray sets them; 0: every CPU of the "
+                                                              "node, which a light ingest leaves mostly idle)")
     ingest_cpus: float = Field(0.5, gt=0, description="CPUs per Ray Data transform actor")
     ingest_actors: tuple[int, int] = Field((1, 2), description="min/max Ray Data transform actors")
     shuffle_buffer: int = Field(64, ge=0, description="local shuffle buffer of iter_torch_batches (rows)")
@@ -84,15 +92,16 @@ class TrainConfig(BaseModel):
 
 #: named starting points; ``cellvit`` is the paper recipe for GPUs, ``tiny`` runs on a laptop CPU
 #: in about a minute per epoch (0.68M parameters, 2 epochs of 192 patches, 32 validation images);
-#: ``cpu`` is the tiny model trained enough to learn on 2 cores in about 10 minutes: every patch
-#: of the embedded default (771) each epoch, 3 epochs, batch 2, CellViT's lr 3e-4 (docs/experiments.md).
+#: ``cpu`` is the tiny model trained enough to learn on 2 cores: every patch each epoch, 5 epochs,
+#: batch 2, CellViT's lr 3e-4, torch on every core, class-balanced type loss (each lever measured
+#: on a held-out organ in docs/experiments.md).
 PRESETS: dict[str, dict] = {
     "cellvit": {},
     "tiny": {"model": "tiny", "epochs": 2, "batch_size": 4, "lr": 1e-3, "freeze_encoder_epochs": 0,
              "drop_path": 0.0, "attn_drop": 0.0, "amp": False, "samples_per_epoch": 192, "val_images": 32,
              "val_batch_size": 8, "overlays": 4, "shuffle_buffer": 32},
-    "cpu": {"model": "tiny", "epochs": 3, "batch_size": 2, "lr": 3e-4, "freeze_encoder_epochs": 0,
+    "cpu": {"model": "tiny", "epochs": 5, "batch_size": 2, "lr": 3e-4, "freeze_encoder_epochs": 0,
             "drop_path": 0.0, "attn_drop": 0.0, "amp": False, "samples_per_epoch": None, "val_images": 64,
-            "val_batch_size": 8, "overlays": 4, "shuffle_buffer": 32},
+            "val_batch_size": 8, "overlays": 4, "shuffle_buffer": 32, "torch_threads": 0, "class_balance": True},
 }
 

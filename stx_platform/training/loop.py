@@ -66,6 +66,8 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     use_amp = cfg.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed + 1000 * rank)
+    if device.type == "cpu" and cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads or len(os.sched_getaffinity(0)))
 
     net = build_model(cfg.model, drop_path=cfg.drop_path, attn_drop=cfg.attn_drop)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -87,7 +89,8 @@ def train_loop(config: dict) -> None:
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
 
-    loss_fn = CellViTLoss(cfg.loss_weights)
+    weights = run.get("class_weights")
+    loss_fn = CellViTLoss(cfg.loss_weights, class_weights=torch.tensor(weights, device=device) if weights else None)
     shard = ray.train.get_dataset_shard("train")
     fold = None
     if rank == 0:

@@ -137,6 +137,20 @@ def check_labels(dataset: str, slides: list[dict], label_set_id: str | None) -> 
                                 "label them first (stx build with that label config)")
 
 
+def class_weights(slides: list[dict]) -> list[float]:
+    """Type-loss weights (:data:`PANNUKE_TYPE_ORDER`) from the cells per label of the slides'
+    records: median-frequency balancing of the classes the labels hold."""
+    from collections import Counter
+
+    from stx_platform.model import median_frequency_weights
+    from stx_platform.taxonomy import PANNUKE_TYPE_ORDER
+
+    counts: Counter = Counter()
+    for s in slides:
+        counts.update({k: int(v) for k, v in (s.get("labels") or {}).items()})
+    return median_frequency_weights(counts, PANNUKE_TYPE_ORDER)
+
+
 def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url: str, name: str | None = None,
                  resume: bool = False, label_set_id: str | None = None, mlflow_uri: str | None = None,
                  experiment: str = EXPERIMENT, on_epoch: Callable[[dict], None] | None = None,
@@ -198,13 +212,15 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
         storage.write_json(storage.join(run_dir, RUN_INFO), info)
 
     ds = training_dataset(dataset, label_override,
-                          augment=cfg.augment, seed=cfg.seed, batch_size=cfg.batch_size,
+                          augment=cfg.augment, config=cfg.augmentation, seed=cfg.seed, batch_size=cfg.batch_size,
                           num_cpus=cfg.ingest_cpus, concurrency=tuple(cfg.ingest_actors),
                           samples_per_epoch=cfg.samples_per_epoch, sample_ids=sample_ids)
     storage_path, storage_fs = storage.arrow_filesystem(storage_url)
     events = Queue(actor_options={"num_cpus": 0})   # also fits inside a Tune trial's placement group
     run_info = {"dataset": dataset, "validation": validation, "label_set_id": label_set_id, "name": name,
                 "mlflow_run_id": run_id}
+    if cfg.class_balance:
+        run_info["class_weights"] = class_weights(slides)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.model_dump(mode="json"), "run": run_info},
