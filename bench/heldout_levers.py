@@ -28,6 +28,7 @@ def main() -> None:
 
     from stx_platform import storage
     from stx_platform.experiments import run as X
+    from stx_platform.experiments.heldout import pooled
     from stx_platform.experiments.split import OrganSplit
     from stx_platform.labels.evaluate import score
     from stx_platform.ray_session import ray_session
@@ -47,7 +48,7 @@ def main() -> None:
         name, _, sets = v.partition("=")
         overrides = [s for s in sets.split(",") if s]
         cfg = TrainConfig.load(None, overrides, preset=args.preset)
-        n_st = sum(int(s["patches"]) for s in done_slides(dataset) if s["sample_id"] in set(split.train))
+        n_st = X.patch_count(dataset, split.train)
         cfg = X.budgets(cfg, n_st, n_st)[X.ST]
         t0 = time.time()
         with ray_session(None, args.num_cpus):
@@ -60,7 +61,7 @@ def main() -> None:
         scores = X.score_models(setup, truth, overlays=0, say=lambda m: None)
         m = scores[name]["evaluation"].metrics
         seen = scores[name]["nuclei"]
-        t_all = __import__("pandas").concat([t.rename(lambda c, sid=sid: f"{sid}/{c}") for sid, t in truth.items()])
+        t_all = pooled(truth)
         t3 = score(t_all[t_all.index.isin(seen.index)], seen)
         rows.append((name, " ".join(overrides) or "(preset)", m["bPQ"], m["f1"], m["macro_f1"], t3["macro_f1"],
                      t3["accuracy"], res.seconds))

@@ -72,6 +72,13 @@ class DatasetPatches:
                            str(row["organ"]))
 
 
+def pooled(by_sample: Mapping[str, pd.Series]) -> pd.Series:
+    """Per-sample Series indexed by cell id -> one Series indexed ``"<sample id>/<cell id>"`` (the
+    keys :class:`NucleusVotes` gives), so several slides score as one."""
+    parts = [s.rename(lambda c, sid=sid: f"{sid}/{c}") for sid, s in by_sample.items()]
+    return pd.concat(parts) if parts else pd.Series([], dtype=object)
+
+
 def type_votes(type_prob: np.ndarray, inst: np.ndarray) -> np.ndarray:
     """Pixel votes per instance: (n + 1, C) counts of the most probable nucleus class (background
     left out of the argmax) over each instance's pixels, row k = instance k. Summed over the

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from stx_platform import storage
-from stx_platform.experiments.heldout import DatasetPatches, NucleusVotes, type_votes
+from stx_platform.experiments.heldout import DatasetPatches, NucleusVotes, pooled, type_votes
 from stx_platform.experiments.pannuke_dataset import write_pannuke_dataset
 from stx_platform.experiments.split import OrganSplit, organ_split
 from stx_platform.tracking import client, experiment_id, log_metrics, log_params, tracking_uri
@@ -102,7 +102,7 @@ def prepare(source: str, out: str, validation: str, cfg: TrainConfig, *, dataset
     split = organ_split(slides, heldout)
     say(f"held out: {', '.join(split.heldout_organs)} ({len(split.heldout)} slide(s); {split.why}); training "
         f"organs: {', '.join(split.train_organs)} ({len(split.train)} slide(s))")
-    n_st = sum(int(s["patches"]) for s in slides if s["sample_id"] in set(split.train))
+    n_st = patch_count(dataset, split.train)
     per_epoch = budgets(cfg, n_st, n_st)[ST].samples_per_epoch
     fold = pannuke_fold or _default_fold(storage.join(out, "pannuke-train"), max(64, per_epoch), seed=1, say=say)
     write_pannuke_dataset(fold, storage.join(out, "pannuke-dataset"), progress=lambda m: say(f"  PanNuke {m}"))
@@ -126,9 +126,9 @@ def train_models(setup: Setup, cfg: TrainConfig, *, mlflow_uri: str, parent_run_
 
     state_url = storage.join(setup.out, STATE)
     state = storage.read_json(state_url) if storage.exists(state_url) else {}
-    n_st = sum(int(s["patches"]) for s in _slides(setup.dataset) if s["sample_id"] in set(setup.split.train))
+    n_st = patch_count(setup.dataset, setup.split.train)
     pn_dataset = storage.join(setup.out, "pannuke-dataset")
-    n_pn = sum(int(s["patches"]) for s in _slides(pn_dataset))
+    n_pn = patch_count(pn_dataset)
     configs = budgets(cfg, n_st, n_pn)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name, c in configs.items():
@@ -155,10 +155,12 @@ def train_models(setup: Setup, cfg: TrainConfig, *, mlflow_uri: str, parent_run_
     return setup.models
 
 
-def _slides(dataset: str) -> list[dict]:
+def patch_count(dataset: str, sample_ids=None) -> int:
+    """Patches of the dataset's done slides (of ``sample_ids`` when given)."""
     from stx_platform.build.manifest import done_slides
 
-    return done_slides(dataset)
+    keep = None if sample_ids is None else set(sample_ids)
+    return sum(int(s["patches"]) for s in done_slides(dataset) if keep is None or s["sample_id"] in keep)
 
 
 def heldout_truth(setup: Setup) -> tuple[dict[str, pd.Series], list]:
@@ -231,16 +233,11 @@ def table3(setup: Setup, scores: dict[str, dict], truth: dict[str, pd.Series], s
         raise ValueError(f"held-out slides {', '.join(setup.refs)}: no annotation (ground_truth) to score "
                          "against; Table 3 needs annotated slides")
     seen = set().union(*(set(s["nuclei"].index) for s in scores.values()))
-    truth_all = pd.concat([t.rename(lambda c, sid=sid: f"{sid}/{c}") for sid, t in truth.items()])
+    truth_all = pooled(truth)
     truth_all = truth_all[truth_all.index.isin(seen)]
-    preds: dict[str, list[pd.Series]] = {m: [] for m in methods}
-    for s in samples:
-        if s.sample_id not in truth:
-            continue
-        p = predict_all(s, label_config, db, methods, cache, Progress(s.sample_id))
-        for m in methods:
-            preds[m].append(p[m].rename(lambda c, sid=s.sample_id: f"{sid}/{c}"))
-    results = {m: score(truth_all, pd.concat(preds[m])) for m in methods}
+    preds = {s.sample_id: predict_all(s, label_config, db, methods, cache, Progress(s.sample_id))
+             for s in samples if s.sample_id in truth}
+    results = {m: score(truth_all, pooled({sid: p[m] for sid, p in preds.items()})) for m in methods}
     for name, s in scores.items():
         results[name] = score(truth_all, s["nuclei"])
     from stx_platform.labels.evaluate import table3 as table3_md
