@@ -65,8 +65,9 @@ def test_presets_yaml_and_overrides(tmp_path):
     cfg = TrainConfig.load(str(f), ["lr=0.01"])
     assert (cfg.preset, cfg.model, cfg.epochs, cfg.lr, cfg.samples_per_epoch) == ("tiny", "tiny", 5, 0.01, 192)
     assert LabelConfig.load(str(f)).resolution == 2
-    cpu = TrainConfig.load(preset="cpu", overrides=["epochs=4"])   # every patch each epoch, CellViT's lr
-    assert (cpu.preset, cpu.model, cpu.epochs, cpu.samples_per_epoch, cpu.lr, cpu.amp) == ("cpu", "tiny", 4, None, 3e-4, False)
+    cpu = TrainConfig.load(preset="cpu", overrides=["epochs=4"])   # every patch each epoch, a weight average
+    assert (cpu.preset, cpu.model, cpu.epochs, cpu.samples_per_epoch, cpu.ema_decay, cpu.amp) == \
+        ("cpu", "small", 4, None, 0.995, False)
     # augmentation strengths reach the ingest as set, through the JSON that Ray hands the workers
     strong = TrainConfig.load(preset="cpu", overrides=["augmentation.stain_scale=0.2"])
     again = TrainConfig.model_validate(strong.model_dump(mode="json"))
@@ -96,6 +97,34 @@ def test_checkpoint_round_trip_and_lookup(tmp_path):
     assert opt2.state_dict()["state"][0]["step"] == 1
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         C.find_checkpoint(str(tmp_path / "run" / "nothing"))
+
+
+def test_a_weight_average_is_what_predicts_and_training_resumes_from_its_own_weights(tmp_path):
+    from stx_platform.training.loop import weight_average
+
+    torch.manual_seed(0)
+    net = build_model("tiny")
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    ema = weight_average(net, 0.9)
+    x = torch.rand(2, 3, 64, 64)
+    for _ in range(4):
+        opt.zero_grad()
+        net(x)["nuclei_binary_map"].mean().backward()
+        opt.step()
+        ema.update_parameters(net)
+    key = "decoder0.0.block.0.weight"
+    trained, averaged = net.state_dict()[key], ema.module.state_dict()[key]
+    assert not torch.allclose(trained, averaged)                      # the average lags the optimiser
+    bn = "decoder0.0.block.1.running_mean"                             # BatchNorm statistics are averaged too
+    assert not torch.equal(ema.module.state_dict()[bn], torch.zeros_like(net.state_dict()[bn]))
+    C.save_checkpoint(tmp_path / "checkpoint_epoch_0001", net, 0, optimizer=opt, ema=ema)
+    assert torch.equal(C.load_trained_model(str(tmp_path)).model.state_dict()[key], averaged)
+    fresh = build_model("tiny")
+    ema2 = weight_average(fresh, 0.9)
+    assert C.load_train_state(tmp_path / "checkpoint_epoch_0001", fresh, torch.optim.AdamW(fresh.parameters()),
+                              ema=ema2) == 1
+    assert torch.equal(fresh.state_dict()[key], trained) and torch.equal(ema2.module.state_dict()[key], averaged)
+    assert int(ema2.n_averaged) == 4
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
@@ -182,13 +211,15 @@ def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tm
     monkeypatch.chdir(tmp_path)           # relative paths, as in the README (Ray Train workers run elsewhere)
     uri = "sqlite:///mlflow.db"
     runs = "runs"
-    first = run_training(dataset, pannuke_dir, _cfg(epochs=1), storage_url=runs, name="r", mlflow_uri=uri)
+    # with a weight average: what is validated, saved and scored later is the average
+    first = run_training(dataset, pannuke_dir, _cfg(epochs=1, ema_decay=0.9), storage_url=runs, name="r",
+                         mlflow_uri=uri)
     assert first.epochs == 1 and first.best_checkpoint == str(tmp_path / "runs" / "r" / "checkpoint_epoch_0001")
     for f in ("model.pt", "train_state.pt", "metrics.json", "run.json", "validation/overlays.png",
               "validation/confusion.png"):
         assert os.path.exists(f"{first.best_checkpoint}/{f}"), f
     with pytest.raises(FileExistsError, match="--resume"):
-        run_training(dataset, pannuke_dir, _cfg(epochs=1), storage_url=runs, name="r", mlflow_uri=uri)
+        run_training(dataset, pannuke_dir, _cfg(epochs=1, ema_decay=0.9), storage_url=runs, name="r", mlflow_uri=uri)
 
     # the stopped run continues from its checkpoint: epoch 2 only, same MLflow run
     assert main(["train", "--resume", "--name", "r", "--storage", runs, "--mlflow", uri, "--set", "epochs=2"]) == 0

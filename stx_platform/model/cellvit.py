@@ -102,6 +102,10 @@ CONFIGS: dict[str, CellViTConfig] = {
     # a CPU test / demo config: small encoder, decoder at 1/8 of CellViT's widths
     "tiny": CellViTConfig(name="tiny", embed_dim=64, depth=4, num_heads=2, extract_layers=(1, 2, 3, 4),
                           decoder_scale=0.125),
+    # the CPU preset's config: tiny's decoder under an encoder twice as wide (type needs the width;
+    # the decoder's full-resolution convolutions, not the encoder, set the step time)
+    "small": CellViTConfig(name="small", embed_dim=128, depth=4, num_heads=4, extract_layers=(1, 2, 3, 4),
+                           decoder_scale=0.125),
     # CellViT-256: HIPT ViT-256 (ViT-S/16)
     "vit256": CellViTConfig(name="vit256", embed_dim=384, depth=12, num_heads=6, extract_layers=(3, 6, 9, 12)),
     "sam_b": CellViTConfig(name="sam_b", embed_dim=768, depth=12, num_heads=12, extract_layers=(3, 6, 9, 12)),

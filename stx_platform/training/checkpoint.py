@@ -1,8 +1,10 @@
 """The training checkpoint: one directory per epoch, readable without Ray.
 
     model.pt        {"model": state dict, "model_config": CellViTConfig fields, "classes": type-map
-                     class names (index 0 Background), "tissues": tissue-head names, "epoch": int}
-    train_state.pt  {"optimizer", "scheduler", "scaler": state dicts, "epoch": int}  (resume only)
+                     class names (index 0 Background), "tissues": tissue-head names, "epoch": int};
+                     with a weight average (``TrainConfig.ema_decay``) the averaged weights
+    train_state.pt  {"optimizer", "scheduler", "scaler": state dicts, "epoch": int, and with a weight
+                     average "trained": the optimiser's own weights, "ema_steps": int}  (resume only)
     metrics.json    the epoch's training and validation figures
     run.json        the training config, dataset URL and label set this model was trained on
     validation/     overlays.png, confusion.png (when validation ran)
@@ -43,20 +45,29 @@ def _unwrap(model: torch.nn.Module) -> CellViT:
     return getattr(model, "module", model)
 
 
+def _cpu_state(net: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, epoch: int, *, optimizer=None, scheduler=None,
-                    scaler=None, metrics: dict | None = None, run: dict | None = None) -> Path:
+                    scaler=None, metrics: dict | None = None, run: dict | None = None,
+                    ema=None) -> Path:
     """Write a checkpoint into the local ``folder`` (created). ``epoch`` is the 0-based epoch just
-    finished; a resumed run starts at ``epoch + 1``."""
+    finished; a resumed run starts at ``epoch + 1``. With ``ema`` (a ``torch.optim.swa_utils.
+    AveragedModel`` of ``model``) ``model.pt`` holds the averaged weights, the ones to predict
+    with, and the train state the optimiser's own."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     net = _unwrap(model)
-    torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "model_config": net.config.model_dump(mode="json"), "classes": list(PANNUKE_TYPE_ORDER),
-                "tissues": _tissues(), "epoch": int(epoch)}, folder / MODEL_FILE)
+    kept = ema.module if ema is not None else net
+    torch.save({"model": _cpu_state(kept), "model_config": net.config.model_dump(mode="json"),
+                "classes": list(PANNUKE_TYPE_ORDER), "tissues": _tissues(), "epoch": int(epoch)},
+               folder / MODEL_FILE)
     if optimizer is not None:
+        extra = {"trained": _cpu_state(net), "ema_steps": int(ema.n_averaged)} if ema is not None else {}
         torch.save({"optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None, "epoch": int(epoch)},
+                    "scaler": scaler.state_dict() if scaler is not None else None, "epoch": int(epoch), **extra},
                    folder / STATE_FILE)
     if metrics is not None:
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=1, default=float))
@@ -148,15 +159,21 @@ def load_trained_model(url: str, device: str | torch.device = "cpu") -> TrainedM
                         list(obj.get("tissues", _tissues())), int(obj.get("epoch", -1)), path, **extra)
 
 
-def load_train_state(folder: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None, scaler=None) -> int:
-    """Restore model (and, when given, optimiser, scheduler, scaler) from a local checkpoint folder;
-    returns the epoch to continue from (the stored epoch + 1)."""
+def load_train_state(folder: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None, scaler=None,
+                     ema=None) -> int:
+    """Restore model (and, when given, optimiser, scheduler, scaler and weight average) from a
+    local checkpoint folder; returns the epoch to continue from (the stored epoch + 1)."""
     folder = Path(folder)
     obj = _torch_load(folder / MODEL_FILE)
     _unwrap(model).load_state_dict(obj["model"])
     epoch = int(obj.get("epoch", -1))
-    if optimizer is not None and (folder / STATE_FILE).exists():
-        st = _torch_load(folder / STATE_FILE)
+    st = _torch_load(folder / STATE_FILE) if (folder / STATE_FILE).exists() else {}
+    if "trained" in st:          # model.pt held the average: the optimiser continues from its own weights
+        _unwrap(model).load_state_dict(st["trained"])
+    if ema is not None:
+        ema.module.load_state_dict(obj["model"])
+        ema.n_averaged.fill_(int(st.get("ema_steps", 1)))
+    if optimizer is not None and st:
         optimizer.load_state_dict(st["optimizer"])
         if scheduler is not None and st.get("scheduler") is not None:
             scheduler.load_state_dict(st["scheduler"])

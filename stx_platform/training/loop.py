@@ -3,11 +3,13 @@
 Each worker reads its shard of the training dataset (``get_dataset_shard`` +
 ``iter_torch_batches``: the batches arrive with targets computed, the worker computes none),
 steps AdamW with an exponentially decaying learning rate, keeps the encoder frozen for the first
-``freeze_encoder_epochs``, and uses fp16 autocast with a grad scaler on GPUs. After every epoch
-rank 0 validates on the PanNuke fold and every worker calls ``ray.train.report`` (a barrier);
-rank 0 attaches the checkpoint (model, optimiser, scheduler, scaler, metrics, validation pictures),
-which Ray persists to the run's storage. A restarted worker group (FailureConfig) or a resumed run
-continues from the latest checkpoint (``ray.train.get_checkpoint``).
+``freeze_encoder_epochs``, and uses fp16 autocast with a grad scaler on GPUs. With ``ema_decay``
+it keeps a moving average of the weights and BatchNorm statistics, which is what is validated and
+saved. After every epoch rank 0 validates on the PanNuke fold and every worker calls
+``ray.train.report`` (a barrier); rank 0 attaches the checkpoint (model, optimiser, scheduler,
+scaler, metrics, validation pictures), which Ray persists to the run's storage. A restarted worker
+group (FailureConfig) or a resumed run continues from the latest checkpoint
+(``ray.train.get_checkpoint``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def _prepare(net: torch.nn.Module, frozen: bool) -> torch.nn.Module:
     return ray.train.torch.prepare_model(net)
 
 
+def weight_average(net: torch.nn.Module, decay: float):
+    """An exponential moving average of ``net``'s weights and buffers (torch's ``AveragedModel``),
+    its decay warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates so that the
+    random initial weights leave the average within the first few hundred steps. Averaging damps
+    the step-to-step swings that small batches (and their BatchNorm statistics) cause."""
+    from torch.optim.swa_utils import AveragedModel
+
+    def ema(averaged: list, current: list, n: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():       # one dtype per call: BatchNorm's batch counters
+            torch._foreach_copy_(averaged, current)
+            return
+        k = float(n)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + k) / (10.0 + k)))
+
+    return AveragedModel(net, multi_avg_fn=ema, use_buffers=True)
+
+
 def train_loop(config: dict) -> None:
     """``config``: ``{"train": TrainConfig fields, "run": {"dataset", "label_set_id", "validation", ...}}``."""
     import ray.train
@@ -73,17 +92,20 @@ def train_loop(config: dict) -> None:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ema = weight_average(net, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
-            start = load_train_state(d, net, opt, sched, scaler)
+            start = load_train_state(d, net, opt, sched, scaler, ema=ema)
     elif cfg.pretrained:
         with storage.local_copy(cfg.pretrained) as p:
             report = load_checkpoint(net, p)
         if rank == 0:
             print(f"pretrained weights {cfg.pretrained}: {report.summary()}", flush=True)
     net.to(device)
+    if ema is not None:
+        ema.to(device)
     for state in opt.state.values():                  # optimiser state restored on CPU
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and k != "step":
@@ -104,18 +126,19 @@ def train_loop(config: dict) -> None:
             frozen = epoch < cfg.freeze_encoder_epochs
             model = None
             model = _prepare(net, frozen)
-        metrics = _train_epoch(model, shard, opt, scaler, loss_fn, cfg, device, use_amp, world)
+        metrics = _train_epoch(model, shard, opt, scaler, loss_fn, cfg, device, use_amp, world, ema)
         metrics.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], encoder_frozen=float(frozen),
                        resumed_from=float(start), worker_pid=float(os.getpid()))
         sched.step()
         if rank == 0:
             t0 = time.perf_counter()
-            ev = evaluate(_unwrap(model), fold, cfg.val_images, cfg.val_batch_size, use_amp, cfg.overlays)
+            kept = ema.module if ema is not None else _unwrap(model)
+            ev = evaluate(kept, fold, cfg.val_images, cfg.val_batch_size, use_amp, cfg.overlays)
             metrics.update({f"val_{k}": v for k, v in ev.metrics.items()}, val_s=time.perf_counter() - t0)
             metrics["score"] = score_of(metrics, cfg.metric)
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(d, model, epoch, optimizer=opt, scheduler=sched, scaler=scaler,
-                                metrics=json_safe(metrics), run=run)
+                                metrics=json_safe(metrics), run=run, ema=ema)
                 ev.write(f"{d}/validation", title=f"epoch {epoch + 1}")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=checkpoint_dir_name(epoch))
@@ -123,7 +146,8 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=None)
 
 
-def _train_epoch(model, shard, opt, scaler, loss_fn, cfg: TrainConfig, device, use_amp: bool, world: int) -> dict:
+def _train_epoch(model, shard, opt, scaler, loss_fn, cfg: TrainConfig, device, use_amp: bool, world: int,
+                 ema=None) -> dict:
     """One pass over this worker's shard; returns the mean loss and its terms (averaged over
     workers), samples seen and throughput."""
     model.train()
@@ -142,6 +166,8 @@ def _train_epoch(model, shard, opt, scaler, loss_fn, cfg: TrainConfig, device, u
         scaler.scale(total).backward()
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(_unwrap(model))
         b = len(x)
         n += b
         steps += 1
