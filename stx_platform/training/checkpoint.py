@@ -165,11 +165,10 @@ def load_train_state(folder: str | Path, model: torch.nn.Module, optimizer=None,
     local checkpoint folder; returns the epoch to continue from (the stored epoch + 1)."""
     folder = Path(folder)
     obj = _torch_load(folder / MODEL_FILE)
-    _unwrap(model).load_state_dict(obj["model"])
     epoch = int(obj.get("epoch", -1))
     st = _torch_load(folder / STATE_FILE) if (folder / STATE_FILE).exists() else {}
-    if "trained" in st:          # model.pt held the average: the optimiser continues from its own weights
-        _unwrap(model).load_state_dict(st["trained"])
+    # with a weight average model.pt holds the average; the optimiser continues from its own weights
+    _unwrap(model).load_state_dict(st.get("trained", obj["model"]))
     if ema is not None:
         ema.module.load_state_dict(obj["model"])
         ema.n_averaged.fill_(int(st.get("ema_steps", 1)))
