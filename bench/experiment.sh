@@ -6,7 +6,7 @@
 # of samples, and scores both on the held-out slide's patches; `table3` reuses both models. With
 # NUCLS present both models are also scored on the 15 real NuCLS breast tiles.
 #
-#     bash bench/experiment.sh                 # ~25 min on 2 cores (23 for table2)
+#     bash bench/experiment.sh                 # ~23 min on 2 cores (22 for table2)
 #     PRESET=tiny bash bench/experiment.sh     # the 2-minute demo preset, for comparison
 set -euo pipefail
 cd "$(dirname "$0")/.."

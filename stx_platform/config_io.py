@@ -33,6 +33,15 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s keys set, mappings merged key by key (so ``augmentation.p_blur=0.5``
+    on a preset changes that one field of the preset's ``augmentation``, not the others)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def read_section(url: str | None, section: str) -> dict:
     """The ``section`` mapping of a YAML file: ``doc[section]`` when the file is split into
     sections (any of :data:`SECTIONS` at top level; a missing one is empty), else the whole file."""

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from scipy import ndimage
 
 from stx_platform.build import slide as B
 from stx_platform.build.manifest import DONE, write_manifest
@@ -141,6 +142,56 @@ def test_colour_jitter_keeps_nuclei_dark_and_only_touches_the_image():
         assert geo                                                                # inst: geometric only
         changed += not any(np.array_equal(a_img, ti) for ti in _dihedral(img))
     assert changed == 10
+
+
+def _big_pattern():
+    """A 128 px image of 16 square nuclei (ids 1..16) on pale background; each nucleus has its
+    own colour, so any pixel says which id the image put there."""
+    inst = np.zeros((128, 128), np.int32)
+    img = np.full((128, 128, 3), (225, 190, 225), np.uint8)
+    for k in range(16):
+        r, c = divmod(k, 4)
+        inst[8 + 32 * r:24 + 32 * r, 6 + 32 * c:26 + 32 * c] = k + 1
+        img[inst == k + 1] = (40 + 10 * k, 40, 110)
+    return img, inst
+
+
+@pytest.mark.parametrize("op", ["p_sized_crop", "p_elastic"])
+def test_crop_and_warp_move_the_instance_map_with_the_image(op):
+    """Nuclei stay where the image puts them (ids never blended), nothing new appears, and
+    crops enlarge nuclei; the colour ops are off, so the image is the warped pattern."""
+    img, inst = _big_pattern()
+    cfg = A.AugmentConfig(rot90=False, p_hflip=0, p_vflip=0, brightness=0, contrast=0, saturation=0, stain_scale=0,
+                          stain_shift=0, **{op: 1.0})
+    moved = 0
+    for seed in range(6):
+        a_img, a_inst = A.augment(img, inst, np.random.default_rng(seed), cfg)
+        assert a_img.shape == img.shape and a_inst.shape == inst.shape and a_img.dtype == np.uint8
+        assert set(np.unique(a_inst)) <= set(np.unique(inst))
+        fg = a_inst > 0
+        inner = ndimage.binary_erosion(fg, iterations=2)
+        assert (a_img[..., 0][inner] == 30 + 10 * a_inst[inner]).mean() > 0.98          # the image's id
+        assert (a_img[..., 2][~ndimage.binary_dilation(fg, iterations=2)] == 225).mean() > 0.98
+        moved += not np.array_equal(a_inst, inst)
+        if op == "p_sized_crop":
+            assert np.bincount(a_inst.ravel())[1:].max() >= (inst == 1).sum()          # never shrunk
+    assert moved == 6
+
+
+def test_quality_ops_touch_the_image_only_and_repeat_with_the_seed():
+    img, inst = _big_pattern()
+    cfg = A.AugmentConfig(rot90=False, p_hflip=0, p_vflip=0, p_downscale=1.0, p_blur=1.0, p_noise=1.0,
+                          p_zoom_blur=1.0)
+    a = A.augment(img, inst, np.random.default_rng(7), cfg)
+    assert np.array_equal(a[1], inst) and not np.array_equal(a[0], img)
+    b = A.augment(img, inst, np.random.default_rng(7), cfg)
+    assert np.array_equal(a[0], b[0])
+    c = A.augment(img, inst, np.random.default_rng(8), cfg)
+    assert not np.array_equal(a[0], c[0])
+    # blur and noise: nuclei stay darker than the background they sit on
+    nuc, bg = inst > 0, ~ndimage.binary_dilation(inst > 0, iterations=6)
+    assert a[0][nuc].mean() < a[0][bg].mean() - 60
+    assert A.AugmentConfig.cellvit().quality_ops() and not A.AugmentConfig().quality_ops()
 
 
 def test_stain_jitter_is_identity_at_unit_scale_and_moves_haematoxylin():

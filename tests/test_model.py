@@ -116,15 +116,28 @@ def test_preset_configs_and_parameter_counts():
         get_config("tiny", num_heads=3)
 
 
-def test_tiny_model_trains_on_a_fixed_batch():
+@pytest.mark.parametrize("mode", ["fp32", "channels-last", "bf16 channels-last"])
+def test_tiny_model_trains_on_a_fixed_batch(mode):
+    """As CPU training runs it: fp32, or in the channels-last layout, with bf16 autocast where
+    the CPU has native bf16 (``autocast_dtype``)."""
+    from stx_platform.training.loop import autocast_dtype
+
+    dtype = autocast_dtype(torch.device("cpu"), mode.startswith("bf16"))
+    if mode.startswith("bf16") and dtype is None:
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX), so training stays in fp32")
+    layout = torch.contiguous_format if mode == "fp32" else torch.channels_last
     torch.manual_seed(0)
     x, targets = _synthetic_batch(n=2, size=32, seed=0)  # 32 px keeps 15 steps at a few s on 2 cores
-    model = build_model("tiny", img_size=32).train()
+    x = x.contiguous(memory_format=layout)
+    model = build_model("tiny", img_size=32).to(memory_format=layout).train()
     criterion = CellViTLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.85, 0.95), weight_decay=1e-4)
     losses, first = [], None
     for _ in range(15):
-        total, comps = criterion(model(x), targets)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = model(x)
+        assert (out["nuclei_binary_map"].dtype == torch.bfloat16) == (dtype is not None)
+        total, comps = criterion({k: v.float() for k, v in out.items()}, targets)
         assert set(comps) == set(DEFAULT_WEIGHTS)
         first = first or {k: v.item() for k, v in comps.items()}
         opt.zero_grad()

@@ -26,6 +26,7 @@ from stx_platform.labels.table import (
 from stx_platform.model import CellViTLoss, build_model
 from stx_platform.targets import targets
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
+from stx_platform.training.augmentation import AugmentConfig
 from stx_platform.training import checkpoint as C
 from stx_platform.training import ingest as I
 from stx_platform.training import validate as V
@@ -67,15 +68,30 @@ def test_presets_yaml_and_overrides(tmp_path):
     assert LabelConfig.load(str(f)).resolution == 2
     cpu = TrainConfig.load(preset="cpu", overrides=["epochs=4"])   # every patch each epoch, a weight average
     assert (cpu.preset, cpu.model, cpu.epochs, cpu.samples_per_epoch, cpu.ema_decay, cpu.amp) == \
-        ("cpu", "small", 4, None, 0.995, False)
+        ("cpu", "small", 4, None, 0.995, True)
     # augmentation strengths reach the ingest as set, through the JSON that Ray hands the workers
     strong = TrainConfig.load(preset="cpu", overrides=["augmentation.stain_scale=0.2"])
     again = TrainConfig.model_validate(strong.model_dump(mode="json"))
     assert (again.augmentation.stain_scale, again.augmentation.stain_shift) == (0.2, 0.02)
+    assert not again.augmentation.quality_ops()
+    # the paper's recipe has CellViT's albumentations ops; one changed keeps the preset's others
+    blur = TrainConfig.load(overrides=["augmentation.p_blur=0.5"]).augmentation
+    assert blur == AugmentConfig.cellvit(p_blur=0.5) and blur.p_elastic == 0.2
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig.load(overrides=["model=vit9000"])
     with pytest.raises(ValueError, match="unknown loss terms"):
         TrainConfig.load(overrides=["loss_weights={bogus: 1}"])
+
+
+def test_mixed_precision_is_fp16_on_gpus_and_bf16_only_on_cpus_that_have_it(monkeypatch):
+    from stx_platform.training.loop import autocast_dtype
+
+    assert autocast_dtype(torch.device("cuda"), True) == torch.float16
+    assert autocast_dtype(torch.device("cpu"), False) is None and autocast_dtype(torch.device("cuda"), False) is None
+    for avx512_bf16, amx, want in ((False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert autocast_dtype(torch.device("cpu"), True) == want
 
 
 def test_checkpoint_round_trip_and_lookup(tmp_path):

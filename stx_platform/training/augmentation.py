@@ -1,12 +1,15 @@
 """Augmentation of a training patch: geometric ops applied alike to the image and its instance
 map (rot90, flips), then colour on the image only (H&E stain jitter in optical density with fixed
-reference stain vectors, brightness, contrast, saturation, fused into one colour transform), and
-the model's input normalisation. Pure numpy/cv2."""
+reference stain vectors, brightness, contrast, saturation, fused into one colour transform), then
+CellViT's image-quality and shape ops from albumentations (downscale, blur, Gaussian noise, zoom
+blur, random-sized crop, elastic warp; off unless given a probability), and the model's input
+normalisation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -23,9 +26,30 @@ class AugmentConfig:
     saturation: float = 0.1     # factor about the grey value, uniform in [1 - s, 1 + s]
     stain_scale: float = 0.05   # H and E concentrations x uniform [1 - a, 1 + a]
     stain_shift: float = 0.02   # ... + uniform [-b, b] (optical density units)
+    # CellViT's image-quality and shape ops, each with its probability (CellViT's PanNuke recipe in
+    # :meth:`cellvit`); the crop and the warp move the instance map too (nearest neighbour)
+    p_downscale: float = 0.0    # to half resolution and back (nearest), as a lower-resolution scan
+    p_blur: float = 0.0         # box blur, odd kernel 3..9 px, as an out-of-focus region
+    p_noise: float = 0.0        # Gaussian noise per channel, std up to sqrt(50) grey levels
+    p_zoom_blur: float = 0.0    # zoom blur up to 1.05x
+    p_sized_crop: float = 0.0   # a square of 1/2..1 the side, resized back: nuclei up to 2x larger
+    p_elastic: float = 0.0      # elastic warp (alpha 120, sigma 6: about 1.6 px mean, 6 px most)
 
     def geometric_only(self) -> AugmentConfig:
+        """rot90 and the flips only."""
         return AugmentConfig(self.rot90, self.p_hflip, self.p_vflip, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    @classmethod
+    def cellvit(cls, **overrides) -> AugmentConfig:
+        """CellViT's PanNuke training recipe for the albumentations ops (downscale 0.15, blur 0.2,
+        noise 0.25, zoom blur 0.1, random-sized crop 0.1, elastic 0.2), with this module's colour
+        jitter in place of its ColorJitter; superpixels (p 0.1 there) are left out."""
+        return replace(cls(p_downscale=0.15, p_blur=0.2, p_noise=0.25, p_zoom_blur=0.1, p_sized_crop=0.1,
+                           p_elastic=0.2), **overrides)
+
+    def quality_ops(self) -> bool:
+        return any((self.p_downscale, self.p_blur, self.p_noise, self.p_zoom_blur, self.p_sized_crop,
+                    self.p_elastic))
 
 
 #: Reference stain vectors (optical density, rows H, E, residual; Ruifrok & Johnston 2001), unit rows.
@@ -156,7 +180,37 @@ def augment(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
     if image.shape[:2] != inst.shape:
         raise ValueError(f"image {image.shape} and instance map {inst.shape} differ in size")
     geo = _draw_geometric(rng, cfg)
-    return _dihedral(colour_jitter(image, rng, cfg), *geo), _dihedral(inst, *geo)
+    image, inst = _dihedral(colour_jitter(image, rng, cfg), *geo), _dihedral(inst, *geo)
+    if cfg.quality_ops():
+        image, inst = quality_and_shape(image, inst, rng, cfg)
+    return image, inst
+
+
+@lru_cache(maxsize=8)
+def _albumentations(cfg: AugmentConfig, height: int, width: int):
+    import albumentations as alb
+
+    side = min(height, width)
+    ops = [alb.RandomSizedCrop(min_max_height=(side // 2, side), size=(height, width), w2h_ratio=width / height,
+                               p=cfg.p_sized_crop),
+           alb.ElasticTransform(alpha=120, sigma=6, border_mode=cv2.BORDER_REFLECT_101, p=cfg.p_elastic),
+           alb.Downscale(scale_range=(0.5, 0.5), p=cfg.p_downscale),
+           alb.Blur(blur_limit=(3, 9), p=cfg.p_blur),
+           alb.GaussNoise(std_range=(0.0, float(np.sqrt(50.0)) / 255.0), p=cfg.p_noise),
+           alb.ZoomBlur(max_factor=1.05, p=cfg.p_zoom_blur)]
+    return alb.Compose([op for op in ops if op.p > 0])
+
+
+def quality_and_shape(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
+                      config: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """CellViT's albumentations ops with ``config``'s probabilities, seeded from ``rng`` (one
+    draw) so that a sample's augmentation is reproducible. The random-sized crop and the elastic
+    warp move the instance map with the image (nearest neighbour: ids are never blended, so a
+    nucleus keeps its id and its label); the others touch the image only."""
+    t = _albumentations(config, *inst.shape)
+    t.set_random_seed(int(rng.integers(2 ** 31)))
+    out = t(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(inst))
+    return out["image"], out["mask"]
 
 
 
