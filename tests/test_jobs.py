@@ -25,7 +25,7 @@ JOBS = ("synth", "build_dataset", "train", "tune", "experiment")
 
 #: Appended to each README command so that it fits this machine.
 FIT_2_CPUS = {
-    "synth": ["--slides", "2", "--cells", "1500"],
+    "synth": ["--slides", "2", "--cells", "1000"],
     "build_dataset": [],
     "train": ["--preset", "tiny", "--set", "num_workers=1", "--set", "ingest_cpus=0.5", "--set", "ingest_actors=[1,2]",
               "--set", "epochs=1", "--set", "samples_per_epoch=8", "--set", "val_images=4"],

@@ -267,7 +267,10 @@ def test_two_workers_on_s3_restart_from_the_last_checkpoint_when_one_is_killed(d
 
     fs, root = storage.filesystem(s3_server)
     fs.put(dataset, f"{root}/train-ds", recursive=True)
-    cfg = _cfg(epochs=3, num_workers=2, freeze_encoder_epochs=1, ingest_cpus=0.25, max_failures=1)
+    # epochs of 32 samples outlast the report's way from rank 0 to this thread (the controller's
+    # poll, the MLflow callback, the event queue), so the kill lands while rank 0 is training
+    cfg = _cfg(epochs=3, num_workers=2, freeze_encoder_epochs=1, ingest_cpus=0.25, max_failures=1,
+               samples_per_epoch=32)
     out, events = {}, []
 
     def go():
@@ -286,7 +289,10 @@ def test_two_workers_on_s3_restart_from_the_last_checkpoint_when_one_is_killed(d
         time.sleep(0.2)
     assert events, out
     pid = int(events[0]["metrics"]["worker_pid"])
-    os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pytest.fail(f"rank 0 (pid {pid}) was gone before the kill; the events so far: {events}")
     th.join(timeout=600)
     assert "error" not in out, out.get("error")
     res = out["result"]
