@@ -48,6 +48,7 @@ class AugmentConfig:
                            p_elastic=0.2), **overrides)
 
     def quality_ops(self) -> bool:
+        """Whether any albumentations op is on (else :func:`augment` never imports the library)."""
         return any((self.p_downscale, self.p_blur, self.p_noise, self.p_zoom_blur, self.p_sized_crop,
                     self.p_elastic))
 
@@ -172,7 +173,8 @@ def augment(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
     """(image (H, W, 3) uint8, instance map (H, W)) -> augmented copies, still aligned pixel for pixel.
 
     rot90 by k ~ U{0..3}, horizontal flip, vertical flip (the same for both arrays), then colour
-    jitter of the image. Targets are to be computed from the returned instance map. (Colour
+    jitter of the image, then the albumentations ops that ``config`` turns on
+    (:func:`quality_and_shape`). Targets are to be computed from the returned instance map. (Colour
     jitter acts per pixel but for the image mean, which a permutation keeps, so it is computed
     before the geometric op, on the decoded image as it is.)
     """

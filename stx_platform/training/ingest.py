@@ -7,7 +7,8 @@ Per patch, on CPU workers (the training process computes no targets):
 1. decode the image (RGB uint8) and the instance map;
 2. per-instance class names from the label table (cells missing from it -> ``Unknown``);
 3. augmentation (:mod:`stx_platform.training.augmentation`): rot90, horizontal and vertical flips
-   applied identically to image and instance map, colour jitter on the image only;
+   applied identically to image and instance map, colour jitter on the image only, then the
+   albumentations ops the config turns on (the crop and the elastic warp move the map too);
 4. targets of the *augmented* instance map (:func:`stx_platform.targets.targets`, as CellViT
    computes HV maps after augmentation): ``binary``, ``hv``, ``type`` (Unknown -> -1, ignored by
    the type loss);

@@ -60,7 +60,7 @@ def _prepare(net: torch.nn.Module, frozen: bool) -> torch.nn.Module:
 
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """The mixed-precision dtype ``amp`` trains in on ``device``: fp16 on CUDA; bf16 on CPUs with
-    native bf16 arithmetic (AVX512-BF16 or AMX), where it is 1.3x faster per step; else None (fp32),
+    native bf16 arithmetic (AVX512-BF16 or AMX), where a step is 1.2x faster than in fp32; else None (fp32),
     since emulated bf16 is slower than fp32."""
     if not amp:
         return None
