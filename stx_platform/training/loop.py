@@ -100,8 +100,8 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    use_amp = cfg.amp and device.type == "cuda"          # fp16 with a grad scaler; bf16 needs none
     amp_dtype = autocast_dtype(device, cfg.amp)
+    use_amp = amp_dtype == torch.float16                  # fp16 with a grad scaler; bf16 needs none
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     torch.manual_seed(cfg.seed + 1000 * rank)
     if device.type == "cpu" and cfg.torch_threads is not None:
