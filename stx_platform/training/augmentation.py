@@ -1,6 +1,7 @@
 """Augmentation of a training patch: geometric ops applied alike to the image and its instance
-map (rot90, flips), then colour on the image only (H&E stain jitter in optical density with fixed
-reference stain vectors, brightness, contrast, saturation, fused into one colour transform), then
+map (rot90, flips), then colour on the image only (H&E stain jitter in optical density, in the
+fixed reference stain basis or in each patch's own Macenko basis, optionally with the stain vectors
+tilted; brightness, contrast, saturation; fused into one colour transform), then
 CellViT's image-quality and shape ops from albumentations (downscale, blur, Gaussian noise, zoom
 blur, random-sized crop, elastic warp; off unless given a probability), and the model's input
 normalisation."""
@@ -14,6 +15,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from stx_platform import stain
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -26,6 +29,12 @@ class AugmentConfig:
     saturation: float = 0.1     # factor about the grey value, uniform in [1 - s, 1 + s]
     stain_scale: float = 0.05   # H and E concentrations x uniform [1 - a, 1 + a]
     stain_shift: float = 0.02   # ... + uniform [-b, b] (optical density units)
+    # the stain basis the concentrations are taken in: "reference" (Ruifrok's fixed vectors, as
+    # Tellez et al.'s HED jitter) or "macenko" (each patch's own, estimated; the reference where
+    # the patch cannot give them); and the vectors' re-mix: each of H and E turned by up to this
+    # many degrees before the image is put back together (the stain's hue varies, not only its amount)
+    stain_basis: str = "reference"
+    stain_tilt: float = 0.0
     # CellViT's image-quality and shape ops, each with its probability (CellViT's PanNuke recipe in
     # :meth:`cellvit`); the crop and the warp move the instance map too (nearest neighbour)
     p_downscale: float = 0.0    # to half resolution and back (nearest), as a lower-resolution scan
@@ -38,6 +47,10 @@ class AugmentConfig:
     def geometric_only(self) -> AugmentConfig:
         """rot90 and the flips only."""
         return AugmentConfig(self.rot90, self.p_hflip, self.p_vflip, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        if self.stain_basis not in STAIN_BASES:
+            raise ValueError(f"stain_basis must be one of {STAIN_BASES}, got {self.stain_basis!r}")
 
     @classmethod
     def cellvit(cls, **overrides) -> AugmentConfig:
@@ -52,6 +65,8 @@ class AugmentConfig:
         return any((self.p_downscale, self.p_blur, self.p_noise, self.p_zoom_blur, self.p_sized_crop,
                     self.p_elastic))
 
+
+STAIN_BASES = ("reference", "macenko")
 
 #: Reference stain vectors (optical density, rows H, E, residual; Ruifrok & Johnston 2001), unit rows.
 STAIN_VECTORS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
@@ -73,55 +88,82 @@ def _pixels(a: np.ndarray) -> np.ndarray:
 _STAIN_PARTS = [-np.outer(_STAIN_INV[:, i].astype(np.float64), STAIN_VECTORS[i]).T for i in range(3)]
 
 
-def _stain_matrix(scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
-    """(3, 4) float32 for ``cv2.transform``: optical density -> minus the jittered optical density."""
+def _stain_matrix(scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
+                  v_out: np.ndarray | None = None) -> np.ndarray:
+    """(3, 4) float32 for ``cv2.transform``: optical density -> minus the jittered optical density.
+    Concentrations are taken in the basis ``v_in`` (rows H, E, residual; the reference when None)
+    and put back with ``v_out`` (``v_in`` when None)."""
     m = np.empty((3, 4))
-    m[:, :3] = scale[0] * _STAIN_PARTS[0] + scale[1] * _STAIN_PARTS[1] + _STAIN_PARTS[2]
-    m[:, 3] = -(shift[0] * STAIN_VECTORS[0].astype(np.float64) + shift[1] * STAIN_VECTORS[1])
+    if v_in is None and v_out is None:
+        m[:, :3] = scale[0] * _STAIN_PARTS[0] + scale[1] * _STAIN_PARTS[1] + _STAIN_PARTS[2]
+        m[:, 3] = -(shift[0] * STAIN_VECTORS[0].astype(np.float64) + shift[1] * STAIN_VECTORS[1])
+        return m.astype(np.float32)
+    vi = np.asarray(STAIN_VECTORS if v_in is None else v_in, np.float64)
+    vo = vi if v_out is None else np.asarray(v_out, np.float64)
+    m[:, :3] = -(np.linalg.inv(vi) @ np.diag([scale[0], scale[1], 1.0]) @ vo).T
+    m[:, 3] = -(shift[0] * vo[0] + shift[1] * vo[1])
     return m.astype(np.float32)
 
 
-def _transmittance(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _transmittance(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
+                   v_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """exp(-jittered OD) of (..., 3) pixels as float32 (N, 1, 3), clipped to [1/256, 1] so that
     ``256 e - 1`` is the jittered RGB clipped to 0..255; and a scratch array of the same shape."""
     px = _pixels(rgb)
     od = cv2.LUT(px, _OD_LUT) if px.dtype == np.uint8 else -np.log((px.astype(np.float32) + 1.0) / 256.0)
-    z = cv2.transform(od, _stain_matrix(scale, shift))
+    z = cv2.transform(od, _stain_matrix(scale, shift, v_in, v_out))
     np.clip(z, -_LOG256, 0.0, out=z)
     return cv2.exp(z, dst=z), od
 
 
-def stain_jitter(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
+def stain_jitter(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
+                 v_out: np.ndarray | None = None) -> np.ndarray:
     """H&E jitter of an (H, W, 3) image in 0..255 (uint8 or float): RGB -> optical density -> (H, E, residual)
-    concentrations by the fixed stain vectors; H and E scaled by ``scale[0:2]`` and shifted by
-    ``shift[0:2]``; back to RGB (float32, clipped to 0..255)."""
+    concentrations in the basis ``v_in`` (rows; the fixed reference vectors when None); H and E
+    scaled by ``scale[0:2]`` and shifted by ``shift[0:2]``; back to OD with ``v_out`` (``v_in``
+    when None) and to RGB (float32, clipped to 0..255)."""
     rgb = np.asarray(rgb)
-    x = _transmittance(rgb, scale, shift)[0] * np.float32(256.0) - np.float32(1.0)
+    x = _transmittance(rgb, scale, shift, v_in, v_out)[0] * np.float32(256.0) - np.float32(1.0)
     return np.clip(x, 0.0, 255.0, out=x).reshape(rgb.shape)
+
+
+def stain_bases(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray | None, ...]:
+    """(v_in, v_out) for :func:`stain_jitter` under ``cfg``: the patch's Macenko basis (or the
+    reference) and the same with H and E each tilted by up to ``cfg.stain_tilt`` degrees (draws
+    from ``rng`` only when tilting). (None, None) for the reference basis untilted."""
+    if cfg.stain_basis == "reference" and not cfg.stain_tilt:
+        return None, None
+    he = stain.macenko(img) if cfg.stain_basis == "macenko" else None
+    v_in = STAIN_VECTORS.astype(np.float64) if he is None else stain.basis(he)
+    if not cfg.stain_tilt:
+        return v_in, None
+    return v_in, np.vstack([stain.tilt(v_in[0], cfg.stain_tilt, rng), stain.tilt(v_in[1], cfg.stain_tilt, rng),
+                            v_in[2]])
 
 
 def colour_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """Stain, brightness, contrast and saturation jitter of an RGB uint8 image (returns uint8).
 
-    Draws, in this order: stain scale (2) and shift (2), brightness, contrast, saturation (each only
-    when enabled). Applied as stain jitter (:func:`stain_jitter`), then brightness ``x * b``,
+    Draws, in this order: stain scale (2) and shift (2), brightness, contrast, saturation, the
+    stain vectors' tilts (each only when enabled). Applied as stain jitter (:func:`stain_jitter`
+    in the basis of :func:`stain_bases`), then brightness ``x * b``,
     contrast ``(x - mean) * c + mean``, saturation ``(x - grey) * s + grey``, rounded to uint8.
     After the stain step all three are one affine map ``y = c b S x + (1 - c) b mean(x)`` with
     ``S = s I + (1 - s) 1 grey^T``, so the image takes one LUT, two 3x4 colour transforms and one
     exp per pixel (in float32; equals the step-by-step float32 result to within 1 grey level).
     """
-    stain = bool(cfg.stain_scale or cfg.stain_shift)
-    if not (stain or cfg.brightness or cfg.contrast or cfg.saturation):
+    jitter_stain = bool(cfg.stain_scale or cfg.stain_shift or cfg.stain_tilt)
+    if not (jitter_stain or cfg.brightness or cfg.contrast or cfg.saturation):
         return img
-    if stain:
+    if jitter_stain:
         scale = rng.uniform(1 - cfg.stain_scale, 1 + cfg.stain_scale, 2)
         shift = rng.uniform(-cfg.stain_shift, cfg.stain_shift, 2)
     b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) if cfg.brightness else 1.0
     c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else 1.0
     s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation else 1.0
     a = c * b * (s * np.eye(3) + (1 - s) * _GREY[None, :])
-    if stain:
-        src, dst = _transmittance(img, scale, shift)            # x = 256 e - 1
+    if jitter_stain:
+        src, dst = _transmittance(img, scale, shift, *stain_bases(img, rng, cfg))   # x = 256 e - 1
         mean = 256.0 * sum(cv2.mean(src)[:3]) / 3 - 1.0 if c != 1 else 0.0
         m = np.hstack([256.0 * a, ((1 - c) * b * mean - a.sum(1))[:, None]])
     else:
