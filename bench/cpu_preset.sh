@@ -4,7 +4,7 @@
 # synthetic PanNuke fold (per-epoch validation, printed by stx train) and on the real NuCLS breast
 # tiles when ../shared/data/real is present. Every figure is printed with the wall time behind it.
 #
-#     bash bench/cpu_preset.sh                 # ~11 min on 2 cores
+#     bash bench/cpu_preset.sh                 # ~16 min on 2 cores (build, 6 epochs of 771 patches, NuCLS)
 #     BASELINE=1 bash bench/cpu_preset.sh      # + the tiny preset (~3 min more)
 set -euo pipefail
 cd "$(dirname "$0")/.."

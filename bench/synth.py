@@ -6,6 +6,11 @@ and with all cores on the same region (the threaded/serial ratio).
 
     python bench/synth.py                       # 200k cells, HEST layout, temporary folder
     python bench/synth.py --cells 50000 --out /tmp/big --keep
+    python bench/synth.py --render-only --baseline 0f5c2ee   # render cost per MP vs a commit's renderer
+
+``--baseline REV`` loads ``stx_platform/synth/render.py`` as it was at git revision REV into this
+process and renders the same slide and region with both, in turns, so the ratio is measured on one
+machine in one run.
 """
 
 from __future__ import annotations
@@ -28,9 +33,27 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def render_rate(slide, threads: int, side: int = 4096, block: int = 1024) -> float:
+def baseline_renderer(slide, rev: str):
+    """The slide's renderer built by ``render.py`` as of git revision ``rev`` (same geometry and stain)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    src = subprocess.run(["git", "show", f"{rev}:stx_platform/synth/render.py"], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    spec = importlib.util.spec_from_loader(f"render_{rev}", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    exec(compile(src, f"render.py@{rev}", "exec"), mod.__dict__)
+    new = slide.renderer()
+    stain = mod.Stain(**{k: getattr(slide.stain, k) for k in mod.Stain.__dataclass_fields__})
+    return mod.SlideRenderer(new.layout, new.cells, mod.CellGeometry(new.geom.nuc_xy, new.geom.cell_xy), new.mpp,
+                             stain, new.seed)
+
+
+def render_rate(slide, threads: int, side: int = 4096, block: int = 1024, renderer=None) -> float:
     """Megapixels per second rendering a side x side region from the slide's centre."""
-    r = slide.renderer()
+    r = renderer or slide.renderer()
     x0 = max(0, slide.width_px // 2 - side // 2)
     y0 = max(0, slide.height_px // 2 - side // 2)
     boxes = [(x0 + x, y0 + y, block, block) for y in range(0, side, block) for x in range(0, side, block)]
@@ -47,7 +70,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None, help="output folder (default: a temporary one, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the output")
+    ap.add_argument("--render-only", action="store_true", help="time the H&E render only (no sample written)")
+    ap.add_argument("--baseline", default=None, metavar="REV", help="also time render.py as of this git revision")
+    ap.add_argument("--repeats", type=int, default=3, help="render timings per renderer (median; turns alternate)")
     args = ap.parse_args()
+    if args.render_only:
+        return render_only(args)
     cpus = os.cpu_count() or 1
     out = args.out or tempfile.mkdtemp(prefix="stx-bench-synth-")
     say = Progress("bench")
@@ -64,7 +92,8 @@ def main() -> None:
         t_write = time.perf_counter() - t
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
         print()
-        print(f"cells {res['cells']:,}  transcripts {res['transcripts']:,}  image {res['width_px']}x{res['height_px']} px")
+        print(f"cells {res['cells']:,}  transcripts {res['transcripts']:,}  "
+              f"image {res['width_px']}x{res['height_px']} px")
         print(f"build section   {t_build:8.1f} s")
         print(f"write sample    {t_write:8.1f} s   ({size / 1e9:.2f} GB on disk)")
         print(f"total           {t_build + t_write:8.1f} s")
@@ -74,6 +103,28 @@ def main() -> None:
     finally:
         if not args.keep and args.out is None:
             shutil.rmtree(out, ignore_errors=True)
+
+
+def render_only(args) -> None:
+    """Seconds per megapixel of the H&E render, 1 thread, this renderer and (``--baseline``) another,
+    timed in alternating turns on the same slide and region; medians."""
+    import statistics
+
+    slide = build_slide("BENCH000", args.organ, args.seed, args.cells)
+    side = min(2048, slide.width_px, slide.height_px) // 256 * 256
+    rends = {"this": slide.renderer()}
+    if args.baseline:
+        rends[args.baseline] = baseline_renderer(slide, args.baseline)
+    times = {k: [] for k in rends}
+    for _ in range(args.repeats):
+        for k, r in rends.items():
+            times[k].append(1.0 / render_rate(slide, 1, side, 512, r))
+    print(f"{args.organ}, {slide.n_cells:,} cells, {side} x {side} px region at {slide.mpp} um/px, 1 thread")
+    base = statistics.median(times[args.baseline]) if args.baseline else None
+    for k, ts in times.items():
+        med = statistics.median(ts)
+        ratio = f"  ({med / base:.2f}x the baseline's time)" if base else ""
+        print(f"render {k:>10}: {med:.3f} s/MP{ratio}")
 
 
 if __name__ == "__main__":

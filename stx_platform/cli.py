@@ -696,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train CellViT on a built dataset with Ray Train, validating on a PanNuke "
                                       "fold every epoch; tracked in MLflow")
-    _training_options(tr, "starting settings: cellvit = the paper's GPU recipe, cpu = a tiny model that learns "
+    _training_options(tr, "starting settings: cellvit = the paper's GPU recipe, cpu = a small model that learns "
                           "on 2 cores in ~11 min per 565 patches, tiny = a 2-minute CPU demo; auto picks cellvit "
                           "or tiny by GPU")
     tr.add_argument("--config", help="YAML with a train: section (or train fields at top level); a labels: "

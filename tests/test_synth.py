@@ -70,10 +70,16 @@ def test_same_seed_same_slide_other_seed_other_slide(breast):
 
 def test_rendering_is_seamless_across_tiles(breast):
     r = breast.renderer()
-    whole = r.render(400, 400, 512, 512).astype(int)
-    part = r.render(400 + 100, 400 + 200, 256, 256).astype(int)
-    diff = np.abs(whole[200:456, 100:356] - part)
-    assert np.percentile(diff, 99) <= 3 and diff.mean() < 1.0
+    ys, xs = np.mgrid[0:breast.height_px - 600:64, 0:breast.width_px - 600:64].astype(np.float32)
+    focus = r._section((xs + 0.5) * breast.mpp, (ys + 0.5) * breast.mpp)[1].ravel()
+    blurred = int(np.argmax(focus))
+    assert focus[blurred] > 0.9
+    # a sharp region and an out-of-focus one (its blur is the widest the renderer applies)
+    for x0, y0 in ((400, 400), (int(xs.ravel()[blurred]), int(ys.ravel()[blurred]))):
+        whole = r.render(x0, y0, 512, 512).astype(int)
+        part = r.render(x0 + 100, y0 + 200, 256, 256).astype(int)
+        diff = np.abs(whole[200:456, 100:356] - part)
+        assert np.percentile(diff, 99) <= 3 and diff.mean() < 1.0
 
 
 def test_expression_is_realistic(breast):
@@ -145,6 +151,53 @@ def _tumour_field(slide, w=500, h=300):
     best = max(((((tum[:, 0] > x - w / 2) & (tum[:, 0] < x + w / 2) & (tum[:, 1] > y - h / 2) &
                   (tum[:, 1] < y + h / 2)).sum(), int(x - w / 2), int(y - h / 2)) for x, y in tum[::20]))
     return slide.renderer().render(best[1], best[2], w, h)
+
+
+def test_slides_are_stained_with_real_stain_vectors():
+    """Each slide's H and E are one real slide's Macenko pair, lightly perturbed, so slides vary as
+    real ones do (not as noise around one pair)."""
+    from stx_platform.stain import angle_deg
+    from stx_platform.synth.render import REAL_STAINS
+
+    pairs = []
+    for seed in range(8):
+        st = build_slide("S", "kidney", seed, 300).stain
+        near = min(range(len(REAL_STAINS)), key=lambda i: angle_deg(st.h, REAL_STAINS[i][0]) + angle_deg(
+            st.e, REAL_STAINS[i][1]))
+        assert angle_deg(st.h, REAL_STAINS[near][0]) < 6 and angle_deg(st.e, REAL_STAINS[near][1]) < 6
+        pairs.append(near)
+    assert len(set(pairs)) >= 4
+
+
+def test_red_cells_are_discs_with_pale_centres():
+    from stx_platform.synth.render import _red_cells
+
+    y, x = np.mgrid[0:800, 0:800] * 0.1                    # 80 x 80 um at 0.1 um
+    # sites spread out (pitch 20 um instead of 6.2) so that every disc stands alone
+    d = _red_cells(x.astype(np.float32), y.astype(np.float32), 5, pitch=20.0)
+    import scipy.ndimage as ndi
+
+    lab, n = ndi.label(d > 0)
+    sizes = np.bincount(lab.ravel())[1:]
+    single = [i + 1 for i, a in enumerate(sizes) if 0.6 * np.pi * 35 ** 2 < a < 1.2 * np.pi * 40 ** 2]
+    assert n >= 8 and len(single) == n                      # ~7.5 um discs
+    for i in single:
+        m = lab == i
+        cy, cx = ndi.center_of_mass(m)
+        dist = np.hypot(*(np.argwhere(m) - (cy, cx)).T)
+        vals = d[m]
+        r = dist.max()
+        assert vals[dist < 0.3 * r].mean() < vals[(dist > 0.6 * r) & (dist < 0.85 * r)].mean() - 0.15
+
+
+def test_section_artefacts_vary_thickness_and_focus_across_the_slide(breast):
+    r = breast.renderer()
+    y, x = np.mgrid[0:400, 0:400].astype(np.float32) * 25.0  # a 10 x 10 mm grid of points (um)
+    thick, focus = r._section(x, y)
+    assert 0.8 < thick.min() and np.percentile(thick, 50) == pytest.approx(1.0, abs=0.05)
+    assert (thick > 1.4).mean() > 0                          # folded somewhere, ...
+    assert (thick > 1.4).mean() < 0.05                        # ... in thin bands
+    assert 0.02 < (focus > 0).mean() < 0.5 and focus.max() == pytest.approx(1.0)
 
 
 def test_colours_are_close_to_a_real_h_and_e_tile():

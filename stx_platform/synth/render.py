@@ -3,13 +3,16 @@
 Light absorption follows Beer-Lambert with two stains: each pixel has a haematoxylin and an
 eosin concentration, and RGB = 255 * exp(-(cH * H + cE * E)) for stain optical-density
 vectors H and E. Concentration maps come from the tissue: stroma is eosinophilic collagen
-with fibres along the flow field, lumina and glass are nearly empty, vessels hold red
-cells, fat is empty with thin membranes, cytoplasm is drawn per cell, and nuclei carry
-haematoxylin with chromatin texture, a darker rim, pale (vesicular) centres and nucleoli.
-Every random texture is a function of slide coordinates (hash noise), so any block renders
-identically whichever tiling asks for it. Calibration: stain vectors and concentration ranges
-were set against a real H&E tile (Macenko estimate H=[0.54,0.74,0.40], E=[0.29,0.81,0.52];
-nuclei cH 1.2-2.5, cytoplasm/stroma cE 0.4-0.9).
+with thin wavy fibres along the flow field, lumina and glass are nearly empty, vessels hold
+red cells (biconcave discs with pale centres), fat is empty with thin membranes, cytoplasm is
+drawn per cell with membranes between neighbours, and nuclei carry haematoxylin with chromatin
+texture, a darker rim, pale (vesicular) centres and nucleoli. The section itself is uneven:
+its thickness varies by +-10 %, it lies folded (doubled) along thin bands in some regions, and
+some regions are out of focus. Every random texture is a function of slide coordinates (hash
+noise), so any block renders identically whichever tiling asks for it. Calibration against
+real H&E: each slide's stain vectors are one real slide's Macenko pair (``REAL_STAINS``);
+nuclear haematoxylin matches real breast-cancer nuclei (``NUCLEUS_H``); cytoplasm and stroma
+cE 0.4-0.9.
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ from stx_platform.synth.noise import _hash01, fractal_noise, pixel_noise, value_
 
 # (haematoxylin, eosin) of the cytoplasm, by CellType.cytoplasm
 CYTOPLASM = {
-    "pink": (0.16, 0.78), "epithelial": (0.24, 0.66), "tumour": (0.36, 0.62), "scant": (0.22, 0.45),
+    "pink": (0.16, 0.78), "epithelial": (0.24, 0.66), "tumour": (0.30, 0.74), "scant": (0.22, 0.45),
     "basophilic": (0.55, 0.45), "pale_pink": (0.14, 0.50), "granular": (0.45, 0.55), "stroma": (-1, -1),
     "muscle": (0.12, 0.98), "fat": (-1, -1), "mucin": (0.22, 0.14), "hepatocyte": (0.20, 1.0),
     "foamy": (0.14, 0.42), "basophilic_apical": (0.5, 0.62), "keratin": (0.10, 0.88),
 }
 _CYTO_KEYS = list(CYTOPLASM)
+
+
+#: haematoxylin of a nucleus of darkness 1: Macenko concentrations of real breast-cancer nuclei
+#: (NuCLS, median 1.20) against the rendered ones (1.3-2.0 with 1.45 here before)
+NUCLEUS_H = 1.15
+DEFOCUS_PX = 2.2   # extra blur (px at 0.25 um/px) where the section is out of focus
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,21 @@ class Stain:
     e_gain: float
     glass: np.ndarray      # RGB of empty glass
     blur: float            # optics, px
+
+
+#: (H, E) OD vectors of real H&E slides, Macenko's estimate (:func:`stx_platform.stain.macenko`):
+#: the 15 NuCLS breast-cancer tiles (Amgad et al. 2022, CC0) and stardist's H&E test image (BSD-3). A
+#: slide of style 'hest' is stained with one pair, lightly perturbed.
+REAL_STAINS = np.array([
+    [[0.595, 0.715, 0.367], [0.212, 0.869, 0.448]], [[0.621, 0.689, 0.373], [0.239, 0.867, 0.438]],
+    [[0.620, 0.682, 0.389], [0.206, 0.874, 0.439]], [[0.606, 0.684, 0.405], [0.129, 0.916, 0.381]],
+    [[0.622, 0.696, 0.360], [0.248, 0.852, 0.461]], [[0.554, 0.734, 0.392], [0.228, 0.793, 0.565]],
+    [[0.556, 0.745, 0.369], [0.290, 0.838, 0.462]], [[0.615, 0.708, 0.348], [0.309, 0.815, 0.490]],
+    [[0.566, 0.734, 0.376], [0.270, 0.828, 0.491]], [[0.577, 0.731, 0.364], [0.297, 0.835, 0.464]],
+    [[0.585, 0.721, 0.371], [0.291, 0.803, 0.520]], [[0.593, 0.722, 0.357], [0.309, 0.816, 0.488]],
+    [[0.586, 0.721, 0.370], [0.284, 0.800, 0.529]], [[0.616, 0.703, 0.355], [0.312, 0.838, 0.448]],
+    [[0.549, 0.747, 0.375], [0.294, 0.849, 0.438]], [[0.547, 0.733, 0.404], [0.312, 0.775, 0.549]],
+])
 
 
 def _unit(v):
@@ -56,12 +80,12 @@ def slide_stain(rng: np.random.Generator, style: str = "hest") -> Stain:
         gains = (rng.uniform(0.75, 0.95), rng.uniform(0.8, 1.05))
         glass = np.array([246, 244, 248])
     else:
-        h0, e0 = np.array([0.55, 0.73, 0.40]), np.array([0.28, 0.80, 0.53])
         gains = (rng.uniform(0.85, 1.15), rng.uniform(0.8, 1.2))
         glass = np.array([238, 236, 241]) + rng.integers(-6, 6, 3)
-    h = _unit(h0 + rng.normal(0, 0.04, 3))
-    e = _unit(e0 + rng.normal(0, 0.05, 3))
-    rbc = _unit([0.08, 0.95, 0.50] + rng.normal(0, 0.03, 3))
+        h0, e0 = REAL_STAINS[int(rng.integers(len(REAL_STAINS)))]
+    h = _unit(h0 + rng.normal(0, 0.02 if style == "hest" else 0.04, 3))
+    e = _unit(e0 + rng.normal(0, 0.02 if style == "hest" else 0.05, 3))
+    rbc = _unit([0.07, 0.75, 0.66] + rng.normal(0, 0.03, 3))   # orange-red: absorbs green and blue
     return Stain(h, e, rbc, gains[0], gains[1], glass.astype(np.float64), float(rng.uniform(0.6, 0.9)))
 
 
@@ -101,7 +125,7 @@ class SlideRenderer:
 
     def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) for the level-0 pixel box starting at (x0, y0)."""
-        m = 6
+        m = 10   # margin: about 3 sigma of the widest blur (defocus)
         X0, Y0, W, H = x0 - m, y0 - m, w + 2 * m, h + 2 * m
         s, mpp = self.seed, self.mpp
         # tissue background on a coarser grid (~0.45 um), upsampled: it is smooth at that scale
@@ -109,7 +133,9 @@ class SlideRenderer:
         Hc, Wc = -(-H // f) + 1, -(-W // f) + 1
         cxp = X0 + (np.arange(Wc, dtype=np.float32) + 0.5) * f - 0.5
         cyp = Y0 + (np.arange(Hc, dtype=np.float32) + 0.5) * f - 0.5
-        bH, bE, bR = self._background(*np.meshgrid((cxp + 0.5) * mpp, (cyp + 0.5) * mpp))
+        cux, cuy = np.meshgrid((cxp + 0.5) * mpp, (cyp + 0.5) * mpp)
+        bH, bE, bR = self._background(cux, cuy)
+        thick, focus = self._section(cux, cuy)
         up = (Wc * f, Hc * f)
         cH = cv2.resize(bH, up, interpolation=cv2.INTER_LINEAR)[:H, :W]
         cE = cv2.resize(bE, up, interpolation=cv2.INTER_LINEAR)[:H, :W]
@@ -124,14 +150,23 @@ class SlideRenderer:
             self._draw_cytoplasm(idx, X0, Y0, H, W, cH, cE, ux, uy)
             self._draw_nuclei(idx, X0, Y0, H, W, ux, uy, cH, cE)
 
-        # sensor noise, optics, stain -> RGB
+        # uneven section thickness and folds scale every stain alike
+        thick = cv2.resize(thick, up, interpolation=cv2.INTER_LINEAR)[:H, :W]
+        cH *= thick
+        cE *= thick
+        cR *= thick
+        # sensor noise, optics (sharp, or defocused where the section was not flat), stain -> RGB
         noise = pixel_noise(gx, gy, s + 20)
         cH += 0.03 * noise
         cE += 0.03 * np.roll(noise, 7, axis=1)
         b = self.stain.blur
-        cH = cv2.GaussianBlur(cH, (0, 0), b)
-        cE = cv2.GaussianBlur(cE, (0, 0), b)
-        cR = cv2.GaussianBlur(cR, (0, 0), b)
+        blurred = [cv2.GaussianBlur(c, (0, 0), b) for c in (cH, cE, cR)]
+        if float(focus.max()) > 0:
+            focus = cv2.resize(focus, up, interpolation=cv2.INTER_LINEAR)[:H, :W]
+            sigma = float(np.hypot(DEFOCUS_PX * 0.25 / mpp, b))     # the two blurs compound
+            soft = [cv2.GaussianBlur(c, (0, 0), sigma) for c in (cH, cE, cR)]
+            blurred = [c + focus * (d - c) for c, d in zip(blurred, soft)]
+        cH, cE, cR = blurred
         st_ = self.stain
         hv = (st_.h * st_.h_gain).astype(np.float32)
         ev = (st_.e * st_.e_gain).astype(np.float32)
@@ -162,11 +197,26 @@ class SlideRenderer:
             ca, sa = np.float32(np.cos(a)), np.float32(np.sin(a))
             u = ux * ca + uy * sa
             v = uy * ca - ux * sa
-            n = 0.55 * value_noise(u, v * 5.0, 16.0, self.seed + 40 + k) + 0.45 * value_noise(u, v * 3.0, 6.0,
-                                                                                               self.seed + 50 + k)
+            # fibres ~1-2 um thick and ~10 um long, waving across their course
+            v = v + 1.4 * value_noise(u, v, 12.0, self.seed + 70 + k)
+            n = 0.65 * value_noise(u * 0.12, v, 1.1, self.seed + 40 + k) + 0.35 * value_noise(
+                u * 0.3, v, 4.0, self.seed + 50 + k)
             out += w * n
             wsum += w
         return out / np.maximum(wsum, 1e-6)
+
+    def _section(self, ux: np.ndarray, uy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Section artefacts on a um grid: a stain multiplier (uneven thickness, +-10 % over a few
+        hundred um; folds, thin curved bands where the section lies doubled, in some regions
+        only) and a defocus weight 0..1 (patches where the section was not flat on the glass)."""
+        s = self.seed
+        thick = 1.0 + 0.10 * fractal_noise(ux, uy, 350.0, s + 60, 2)
+        line = np.abs(value_noise(ux, uy, 900.0, s + 61))
+        gate = np.clip((value_noise(ux, uy, 2500.0, s + 62) - 0.35) * 5.0, 0, 1)
+        fold = np.clip(1.0 - line / 0.012, 0, 1) * gate
+        thick = thick * (1.0 + 0.85 * fold)
+        focus = np.clip((value_noise(ux, uy, 700.0, s + 63) - 0.65) * 6.0, 0, 1)   # ~10 % of a slide
+        return thick.astype(np.float32), focus.astype(np.float32)
 
     def _background(self, ux: np.ndarray, uy: np.ndarray):
         """Haematoxylin, eosin and red-cell concentrations of the tissue without cells (2-D um grids)."""
@@ -186,14 +236,14 @@ class SlideRenderer:
             fib = self._fibres(ux, uy, lay.smooth_flow(wx, wy))
             st = np.isin(comp, (L.STROMA, L.VESSEL_WALL))
             cleft = np.clip((fractal_noise(ux, uy, 30.0, s + 6, 2) + 0.6) * 2.0, 0, 1)
-            cE[st] = ((0.52 + 0.30 * fib) * (0.4 + 0.6 * cleft))[st]
+            cE[st] = ((0.50 + 0.42 * np.tanh(2.0 * fib)) * (0.4 + 0.6 * cleft))[st]
             cH[st] = (0.07 + 0.03 * fine)[st]
             vw = comp == L.VESSEL_WALL
             cE[vw] = 0.7 + 0.1 * fine[vw]
             mu = comp == L.MUSCLE
             cE[mu] = (0.84 + 0.16 * fib)[mu]
             cH[mu] = 0.13
-        for code, (hh, ee) in ((L.EPITHELIUM, (0.22, 0.64)), (L.BASAL, (0.2, 0.66)), (L.TUMOUR, (0.33, 0.58)),
+        for code, (hh, ee) in ((L.EPITHELIUM, (0.22, 0.64)), (L.BASAL, (0.2, 0.66)), (L.TUMOUR, (0.28, 0.70)),
                                (L.IMMUNE, (0.3, 0.42))):
             if code in present:
                 sel = comp == code
@@ -231,10 +281,9 @@ class SlideRenderer:
             cH[ne] = np.where(debris, 1.3, 0.32)[ne]
         if L.VESSEL_LUMEN in present:
             vl = comp == L.VESSEL_LUMEN
-            rbc = value_noise(ux, uy, 3.2, s + 13)
-            rb = vl & (rbc > 0.0)
-            cR[rb] = (0.75 + 0.45 * np.clip(rbc, 0, 1))[rb]
-            cE[vl & ~rb] = 0.08
+            rbc = _red_cells(ux[vl], uy[vl], s + 13)
+            cR[vl] = rbc
+            cE[vl] = np.where(rbc > 0.0, cE[vl], 0.08)
         if L.ADIPOSE in present:
             ad = comp == L.ADIPOSE
             mem = _worley_edges(ux, uy, 45.0, s + 14)
@@ -304,13 +353,34 @@ class SlideRenderer:
         speck = pixel_noise(np.floor(x / 0.35), np.floor(y / 0.35), s + 31) * 0.5 * sh.coarseness[li]
         ves = sh.vesicular[li]
         body = 1.0 - ves * 0.5 * (1 - rho ** 2) + 0.22 * np.clip((rho - 0.8) / 0.2, 0, 1)
-        hval = 1.45 * sh.darkness[li] * body * (1 + 0.5 * chrom + 0.35 * speck)
+        hval = NUCLEUS_H * sh.darkness[li] * body * (1 + 0.5 * chrom + 0.35 * speck)
         for j in range(sh.nucleoli.shape[1]):
             nx, ny, nr = sh.nucleoli[li, j, 0], sh.nucleoli[li, j, 1], sh.nucleoli[li, j, 2]
             inn = (nr > 0) & ((lx - nx) ** 2 + (ly - ny) ** 2 < nr ** 2)
             hval = np.where(inn, hval + 0.9 + 0.3 * sh.darkness[li], hval)
         cH[has] = hval
         cE[has] = 0.22 + 0.1 * np.clip(chrom, -1, 1)
+
+
+def _red_cells(ux, uy, seed, pitch: float = 6.2, radius: float = 3.6):
+    """Red-cell density (0 outside a cell): biconcave discs ~7.5 um across on a jittered grid
+    (some sites empty), thin at the pale centre and thickest at the rim; rouleaux and overlap
+    where neighbours crowd."""
+    gxf, gyf = ux / pitch, uy / pitch
+    ix, iy = np.floor(gxf).astype(np.int64), np.floor(gyf).astype(np.int64)
+    out = np.zeros(ux.shape, np.float32)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            cx, cy = ix + dx, iy + dy
+            keep = _hash01(cx, cy, seed + 2) < 0.8
+            fx = cx + 0.5 + 0.6 * (_hash01(cx, cy, seed) - 0.5)
+            fy = cy + 0.5 + 0.6 * (_hash01(cx, cy, seed + 1) - 0.5)
+            r = radius * (0.9 + 0.2 * _hash01(cx, cy, seed + 3)) / pitch
+            d = np.sqrt((gxf - fx) ** 2 + (gyf - fy) ** 2).astype(np.float32) / r
+            rim = np.clip((1.0 - d) / 0.2, 0, 1)            # 1 inside, to 0 over the outer fifth
+            disc = np.where(keep & (d < 1.0), 0.45 + rim * (0.25 + 0.75 * np.clip(d / 0.75, 0, 1) ** 2), 0.0)
+            out = np.maximum(out, disc.astype(np.float32))
+    return out
 
 
 def _worley_edges(ux, uy, scale, seed):
