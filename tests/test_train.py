@@ -190,11 +190,11 @@ def test_type_loss_ignores_unknown_nuclei_as_ingest_delivers_them(dataset):
     t = pq.read_table(f"{dataset}/{slide['shard']}", columns=list(I.READ_COLUMNS))
     batch = {c: t.column(c).to_numpy(zero_copy_only=False)[:4] for c in t.column_names}
     b = I.transform_batch(batch, I.load_labels(dataset, "mostly_unknown"), augment=False)
-    tgt = {k: torch.from_numpy(np.asarray(v)) for k, v in b.items()}
+    x, tgt = I.to_model({k: torch.from_numpy(np.asarray(v)) for k, v in b.items()})
     unknown, known = tgt["type"] == -1, tgt["type"] > 0
     assert unknown.sum() > 0 and known.sum() > 0
     torch.manual_seed(0)
-    out = build_model("tiny")(tgt["image"])
+    out = build_model("tiny")(x)
     logits = {k: v.detach().clone().requires_grad_(True) for k, v in out.items()}
     _, parts = CellViTLoss()(logits, tgt)
     type_loss = parts["type_ce"] + parts["type_dice"] + parts["type_focal_tversky"]

@@ -33,9 +33,8 @@ from stx_platform.training.checkpoint import (
     save_checkpoint,
 )
 from stx_platform.training.config import TrainConfig
+from stx_platform.training.ingest import to_model
 from stx_platform.training.validate import evaluate, json_safe
-
-TARGET_KEYS = ("binary", "hv", "type", "tissue")
 
 
 def score_of(metrics: dict, metric: str) -> float:
@@ -176,8 +175,8 @@ def _train_epoch(model, shard, opt, scaler, loss_fn, cfg: TrainConfig, device, a
     batches = shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=False,
                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None)
     for batch in batches:
-        x = batch["image"].contiguous(memory_format=layout)
-        targets = {k: batch[k] for k in TARGET_KEYS}
+        x, targets = to_model(batch)
+        x = x.contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             outputs = model(x)
         total, parts = loss_fn({k: v.float() for k, v in outputs.items()}, targets)
