@@ -117,12 +117,10 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                     t3 = clock()
                     if out is None:
                         out = I._empty_batch(len(rows), *inst.shape)
-                        scratch = {"hv": np.empty((2, *inst.shape), np.float32),
-                                   "type": np.empty(inst.shape, np.int64)}
+                        hv = np.empty((2, *inst.shape), np.float32)
                     t4 = clock()
-                    targets(inst, classes, out={"binary": out["binary"][i], **scratch})
-                    out["hv"][i] = scratch["hv"]
-                    out["type"][i] = scratch["type"]
+                    targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
+                    out["hv"][i] = hv
                     t5 = clock()
                     out["image"][i] = img.transpose(2, 0, 1)
                     out["tissue"][i] = I.tissue_index(b["organ"][j])

@@ -44,16 +44,15 @@ def _box(slide, cx: float, cy: float, size: int) -> tuple[int, int]:
             int(np.clip(cy - size / 2, 0, slide.height_px - size)))
 
 
-def _concentrations(img: np.ndarray, nuclei: np.ndarray) -> list[float] | None:
+def _field_stats(img: np.ndarray, nuclei: np.ndarray) -> list[float] | None:
     from stx_platform import stain
 
     he = stain.macenko(img)
     if he is None or nuclei.sum() < 150:
         return None
-    od = stain.optical_density(img).reshape(-1, 3)
-    c = od @ np.linalg.inv(stain.basis(he))[:, :2]
+    c = stain.concentrations(img, he).reshape(-1, 2)
     nuc = nuclei.ravel() > 0
-    tissue = (od > 0.15).all(1) & ~nuc
+    tissue = (stain.optical_density(img).reshape(-1, 3) > 0.15).all(1) & ~nuc
     return [float(np.median(c[nuc, 0])), float(np.percentile(c[nuc, 0], 90)), float(np.median(c[tissue, 1]))]
 
 
@@ -73,7 +72,7 @@ def stats(baseline: str | None, size: int = 256) -> None:
     print("|---|---|---|---|---|")
     if (SHARED / "nucls_breast").exists():
         t = TileFolder(str(SHARED / "nucls_breast"))
-        rows = [r for r in (_concentrations(t[i].image, t[i].instances) for i in range(len(t))) if r]
+        rows = [r for r in (_field_stats(t[i].image, t[i].instances) for i in range(len(t))) if r]
         _row("real NuCLS breast tiles", rows)
     for organ, seed in (("breast", 0), ("colon", 1), ("lung", 2), ("kidney", 3)):
         slide = build_slide("S", organ, seed, 3000, mpp=0.25)
@@ -91,7 +90,7 @@ def stats(baseline: str | None, size: int = 256) -> None:
                     q = p - (x0, y0)
                     if (q.max(0) > 0).all() and (q.min(0) < size).all():
                         cv2.fillPoly(m, [np.round(q).astype(np.int32)], 1)
-                row = _concentrations(r.render(x0, y0, size, size), m)
+                row = _field_stats(r.render(x0, y0, size, size), m)
                 if row:
                     rows.append(row)
             _row(f"synthetic {organ}, {name}", rows)

@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Ruifrok & Johnston (2001) haematoxylin and eosin OD vectors (unit rows)
-REFERENCE = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105]])
-REFERENCE = REFERENCE / np.linalg.norm(REFERENCE, axis=1, keepdims=True)
+#: Ruifrok & Johnston (2001) OD vectors, unit rows: haematoxylin, eosin and their residual
+RUIFROK = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
+RUIFROK = RUIFROK / np.linalg.norm(RUIFROK, axis=1, keepdims=True)
+#: the reference (H, E) pair
+REFERENCE = RUIFROK[:2]
+#: optical density of each uint8 level
+OD_LUT = -np.log((np.arange(256) + 1.0) / 256.0)
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) RGB in 0..255 -> (..., 3) float64 optical density ``-log((x + 1) / 256)``."""
-    return -np.log((np.asarray(rgb, np.float64) + 1.0) / 256.0)
+    rgb = np.asarray(rgb)
+    return OD_LUT[rgb] if rgb.dtype == np.uint8 else -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
+
+
+def concentrations(rgb: np.ndarray, he: np.ndarray) -> np.ndarray:
+    """(..., 2) H and E concentration of each pixel of ``rgb`` in the stain pair ``he`` (least
+    squares: the OD in the basis of :func:`basis`, residual dropped)."""
+    return optical_density(rgb) @ np.linalg.inv(basis(he))[:, :2]
 
 
 def basis(he: np.ndarray) -> np.ndarray:

@@ -200,7 +200,8 @@ def targets(inst: np.ndarray, classes, unknown_index: int = -1,
     """All targets of one patch: ``binary`` (H, W) uint8, ``hv`` (2, H, W) float32, ``type`` (H, W) int64.
 
     ``out``: preallocated ``binary`` (H, W, any integer dtype), ``hv`` (2, H, W) float32 and ``type``
-    (H, W) int64 to write the same values into (e.g. rows of a batch); returned as a dict.
+    (H, W, any signed integer dtype wide enough for the classes and ``unknown_index``) to write the
+    same values into (e.g. rows of a batch); returned as a dict.
     """
     inst = _check_inst(inst)
     if out is None:
@@ -208,5 +209,6 @@ def targets(inst: np.ndarray, classes, unknown_index: int = -1,
                 "type": type_map(inst, classes, unknown_index, type_order)}
     np.greater(inst, 0, out=out["binary"])
     hv_map(inst, out=out["hv"])
-    np.take(class_lut(inst, classes, type_order, unknown_index), inst, out=out["type"], mode="clip")
+    lut = class_lut(inst, classes, type_order, unknown_index)
+    np.take(lut.astype(out["type"].dtype, copy=False), inst, out=out["type"], mode="clip")
     return dict(out)

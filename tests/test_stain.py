@@ -75,11 +75,6 @@ def test_tilt_turns_a_vector_by_at_most_the_angle_and_keeps_it_an_absorbance():
     assert max(turns) <= 8.0 + 1e-6 and np.median(turns) > 2
 
 
-def _concentrations(img: np.ndarray, he: np.ndarray) -> np.ndarray:
-    od = S.optical_density(img).reshape(-1, 3)
-    return od @ np.linalg.inv(S.basis(he))[:, :2]
-
-
 def test_jitter_in_the_patch_basis_changes_one_stain_only():
     """Scaling eosin in the image's own basis scales this slide's eosin by that factor and leaves its
     haematoxylin; in Ruifrok's basis, whose E is 25 degrees off this slide's, the same step scales
@@ -87,9 +82,9 @@ def test_jitter_in_the_patch_basis_changes_one_stain_only():
     img, _ = stained(TRUE_HE, 1)
     own = A.stain_jitter(img, (1.0, 1.4), (0, 0), S.basis(S.macenko(img)))
     ref = A.stain_jitter(img, (1.0, 1.4), (0, 0))
-    before = _concentrations(img, TRUE_HE)
+    before = S.concentrations(img, TRUE_HE).reshape(-1, 2)
     tissue = before[:, 1] > 0.2
-    after_own, after_ref = _concentrations(own, TRUE_HE), _concentrations(ref, TRUE_HE)
+    after_own, after_ref = (S.concentrations(x, TRUE_HE).reshape(-1, 2) for x in (own, ref))
     assert np.median(after_own[tissue, 1] / before[tissue, 1]) == pytest.approx(1.4, abs=0.02)
     assert np.abs(after_own[tissue, 0] - before[tissue, 0]).mean() < 0.01
     assert np.median(after_ref[tissue, 1] / before[tissue, 1]) < 1.3

@@ -6,8 +6,8 @@ import json
 import os
 import signal
 import threading
-import warnings
 import time
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq

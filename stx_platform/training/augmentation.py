@@ -69,10 +69,9 @@ class AugmentConfig:
 STAIN_BASES = ("reference", "macenko")
 
 #: Reference stain vectors (optical density, rows H, E, residual; Ruifrok & Johnston 2001), unit rows.
-STAIN_VECTORS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
-STAIN_VECTORS = (STAIN_VECTORS / np.linalg.norm(STAIN_VECTORS, axis=1, keepdims=True)).astype(np.float32)
+STAIN_VECTORS = stain.RUIFROK.astype(np.float32)
 _STAIN_INV = np.linalg.inv(STAIN_VECTORS.astype(np.float64)).astype(np.float32)
-_OD_LUT = (-np.log((np.arange(256) + 1.0) / 256.0)).astype(np.float32)   # uint8 -> optical density
+_OD_LUT = stain.OD_LUT.astype(np.float32)   # uint8 -> optical density
 _LOG256 = float(np.log(256.0))
 _GREY = np.array([0.299, 0.587, 0.114])                                    # sums to 1
 _NORM_LUT = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # normalise()'s ops
@@ -83,24 +82,16 @@ def _pixels(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1, 1, 3)
 
 
-#: -(outer(inv(V)[:, i], V[i])).T, i = H, E, residual: the jittered OD of a pixel row ``od`` is
-#: ``od @ (s_H P_H + s_E P_E + P_res) + b_H V_H + b_E V_E`` (concentrations scaled and shifted).
-_STAIN_PARTS = [-np.outer(_STAIN_INV[:, i].astype(np.float64), STAIN_VECTORS[i]).T for i in range(3)]
-
-
 def _stain_matrix(scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
                   v_out: np.ndarray | None = None) -> np.ndarray:
     """(3, 4) float32 for ``cv2.transform``: optical density -> minus the jittered optical density.
     Concentrations are taken in the basis ``v_in`` (rows H, E, residual; the reference when None)
     and put back with ``v_out`` (``v_in`` when None)."""
+    vi = STAIN_VECTORS if v_in is None else np.asarray(v_in, np.float64)
+    inv = np.asarray(_STAIN_INV if v_in is None else np.linalg.inv(vi), np.float64)
+    vo = np.asarray(vi if v_out is None else v_out, np.float64)
     m = np.empty((3, 4))
-    if v_in is None and v_out is None:
-        m[:, :3] = scale[0] * _STAIN_PARTS[0] + scale[1] * _STAIN_PARTS[1] + _STAIN_PARTS[2]
-        m[:, 3] = -(shift[0] * STAIN_VECTORS[0].astype(np.float64) + shift[1] * STAIN_VECTORS[1])
-        return m.astype(np.float32)
-    vi = np.asarray(STAIN_VECTORS if v_in is None else v_in, np.float64)
-    vo = vi if v_out is None else np.asarray(v_out, np.float64)
-    m[:, :3] = -(np.linalg.inv(vi) @ np.diag([scale[0], scale[1], 1.0]) @ vo).T
+    m[:, :3] = -(inv @ np.diag([scale[0], scale[1], 1.0]) @ vo).T      # od -> -(scaled concentrations) @ vo
     m[:, 3] = -(shift[0] * vo[0] + shift[1] * vo[1])
     return m.astype(np.float32)
 

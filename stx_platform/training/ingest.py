@@ -207,7 +207,6 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     epochs = np.broadcast_to(np.asarray(epoch, np.int64), (n,))
     keys = [k for k in READ_COLUMNS if k in batch]
     out: dict[str, np.ndarray] = {}
-    scratch: dict[str, np.ndarray] = {}
     sids, pids = [], []
     for i in range(n):
         rec = {k: batch[k][i] for k in keys}
@@ -215,12 +214,11 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
         img, inst, classes = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment, config)
         if not out:
             out = _empty_batch(n, *inst.shape)
-            scratch = {"hv": np.empty((2, *inst.shape), np.float32), "type": np.empty(inst.shape, np.int64)}
+            hv = np.empty((2, *inst.shape), np.float32)    # hv_map works in float32; sent as fp16
         elif inst.shape != out["type"].shape[1:]:
             raise ValueError(f"patch {pid}: size {inst.shape} differs from the batch's {out['type'].shape[1:]}")
-        targets(inst, classes, out={"binary": out["binary"][i], **scratch})
-        out["hv"][i] = scratch["hv"]
-        out["type"][i] = scratch["type"]
+        targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
+        out["hv"][i] = hv
         np.copyto(out["image"][i], img.transpose(2, 0, 1), casting="same_kind")
         out["tissue"][i] = tissue_index(rec.get("organ"))
         sids.append(str(rec.get("sample_id", "")))
