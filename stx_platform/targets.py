@@ -13,14 +13,16 @@ Conventions (shared with :mod:`stx_platform.postprocess` and :mod:`stx_platform.
   and per nucleus, so each lies in [-1, 1]; background is 0. The targets do not depend on how a
   loss (MSE, MSGE) later differentiates them.
 
-``hv_map`` is vectorised over nuclei; ``hv_map_loop`` is the per-nucleus reference (bounding box
-crop, centre of mass, normalise each side) that tests and the benchmark compare it with.
+``hv_map`` and ``targets`` run as two compiled passes over the pixels (numba); ``hv_map_loop`` is
+the per-nucleus reference (bounding box crop, centre of mass, normalise each side) that tests and
+the benchmark compare them with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -63,48 +65,96 @@ def binary_map(inst: np.ndarray) -> np.ndarray:
     return (_check_inst(inst) > 0).astype(np.uint8)
 
 
-def _offset_table(idx: np.ndarray, n: int, size: int) -> np.ndarray:
-    """``idx = nucleus * size + coordinate`` per foreground pixel -> (n, size) float32 table of each
-    coordinate's normalised offset from the nucleus' rounded centre of mass (one axis)."""
-    counts = np.bincount(idx, minlength=n * size).reshape(n, size)
-    pos = np.arange(size)
-    com = np.floor((counts @ pos) / np.maximum(counts.sum(1), 1) + 0.5).astype(np.int64)
-    seen = counts > 0
-    lo = com - seen.argmax(1)                                 # -(most negative offset), >= 0
-    hi = (size - 1 - seen[:, ::-1].argmax(1)) - com           # most positive offset, >= 0
-    d = pos - com[:, None]
-    scale = np.where(d < 0, lo[:, None], hi[:, None]).astype(np.float64)
-    return np.divide(d, scale, out=np.zeros(d.shape, np.float64), where=scale != 0).astype(np.float32)
+@numba.njit(cache=True, nogil=True)
+def _fill(inst, n, lut, binary, hv, typ, with_classes):
+    """One pass over each row's runs of equal ids gathers every nucleus' pixel count, coordinate
+    sums and extent; a second writes the HV offsets (and, ``with_classes``, the binary and type
+    maps) of the nucleus pixels, the rest having been zeroed. Arithmetic as the module docstring
+    states: centre of mass ``floor(sum / count + 0.5)`` in float64, each side divided by its
+    largest offset, rounded once to float32."""
+    h, w = inst.shape
+    cnt = np.zeros(n, np.int64)
+    sx = np.zeros(n, np.int64)
+    sy = np.zeros(n, np.int64)
+    x0 = np.full(n, w, np.int64)
+    x1 = np.full(n, -1, np.int64)
+    y0 = np.full(n, h, np.int64)
+    y1 = np.full(n, -1, np.int64)
+    for r in range(h):
+        c = 0
+        while c < w:
+            k = inst[r, c]
+            e = c + 1
+            while e < w and inst[r, e] == k:
+                e += 1
+            if k != 0:
+                m = e - c
+                cnt[k] += m
+                sx[k] += (c + e - 1) * m // 2
+                sy[k] += r * m
+                x0[k] = min(x0[k], c)
+                x1[k] = max(x1[k], e - 1)
+                y0[k] = min(y0[k], r)
+                y1[k] = max(y1[k], r)
+            c = e
+    cx = np.zeros(n, np.int64)
+    cy = np.zeros(n, np.int64)
+    for k in range(n):
+        if cnt[k]:
+            cx[k] = np.int64(np.floor(sx[k] / cnt[k] + 0.5))
+            cy[k] = np.int64(np.floor(sy[k] / cnt[k] + 0.5))
+    hv[:] = 0.0
+    if with_classes:
+        binary[:] = 0
+        typ[:] = 0
+    for r in range(h):
+        for c in range(w):
+            k = inst[r, c]
+            if k == 0:
+                continue
+            d = c - cx[k]
+            hv[0, r, c] = d / (cx[k] - x0[k]) if d < 0 else (d / (x1[k] - cx[k]) if d > 0 else 0.0)
+            d = r - cy[k]
+            hv[1, r, c] = d / (cy[k] - y0[k]) if d < 0 else (d / (y1[k] - cy[k]) if d > 0 else 0.0)
+            if with_classes:
+                binary[r, c] = 1
+                typ[r, c] = lut[k]
+
+
+def _dense_ids(inst: np.ndarray) -> tuple[np.ndarray, int]:
+    """(instance map whose ids index small tables, table length): as is when the ids are at most a
+    few times the pixel count, else renumbered 1..n in id order."""
+    top = int(inst.max()) if inst.size else 0
+    if top <= 4 * inst.size + 1024:
+        return inst, top + 1
+    flat = inst.ravel()
+    fg = flat != 0
+    k = np.zeros(flat.shape, np.intp)
+    ids, k[fg] = _compact(flat[fg].astype(np.int64))
+    k[fg] += 1
+    return k.reshape(inst.shape), ids.size + 1
+
+
+def _hv_out(out: np.ndarray | None, h: int, w: int) -> np.ndarray:
+    if out is None:
+        return np.empty((2, h, w), np.float32)
+    if out.shape != (2, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float32 array of shape {(2, h, w)}, got {out.dtype} {out.shape}")
+    return out
+
+
+_NO_MAP = np.zeros((1, 1), np.uint8)
+_NO_LUT = np.zeros(1, np.int64)
 
 
 def hv_map(inst: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Horizontal/vertical distance map (2, H, W) float32, vectorised over nuclei (into ``out`` when given).
-
-    Per axis, one bincount of (nucleus, coordinate) over the foreground pixels gives each nucleus'
-    area, centre of mass and extent, hence a (nuclei, H or W) table of offsets, gathered per pixel.
-    """
+    """Horizontal/vertical distance map (2, H, W) float32 (into ``out`` when given): two passes
+    over the pixels (compiled; numba caches the machine code on disk, so a process compiles it
+    once per dtype and the next ones load it)."""
     inst = _check_inst(inst)
-    h, w = inst.shape
-    if out is None:
-        out = np.zeros((2, h, w), np.float32)
-    elif out.shape != (2, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a contiguous float32 array of shape {(2, h, w)}, got {out.dtype} {out.shape}")
-    else:
-        out[...] = 0
-    flat = np.flatnonzero(inst.ravel() != 0)
-    if flat.size == 0:
-        return out
-    labels = inst.ravel()[flat].astype(np.intp)
-    top = int(labels.max())
-    if (top + 1) * max(h, w) <= 4 * labels.size + 65536:     # small ids: tables indexed by id as is
-        k, n = labels, top + 1
-    else:
-        _, k = _compact(labels)
-        n = int(k.max()) + 1
-    rows, cols = np.divmod(flat, w)
-    for ch, coord, size in ((0, cols, w), (1, rows, h)):
-        idx = k * size + coord
-        out[ch].ravel()[flat] = _offset_table(idx, n, size).ravel()[idx]
+    out = _hv_out(out, *inst.shape)
+    dense, n = _dense_ids(inst)
+    _fill(dense, n, _NO_LUT, _NO_MAP, out, _NO_MAP, False)
     return out
 
 
@@ -204,11 +254,17 @@ def targets(inst: np.ndarray, classes, unknown_index: int = -1,
     same values into (e.g. rows of a batch); returned as a dict.
     """
     inst = _check_inst(inst)
+    h, w = inst.shape
     if out is None:
-        return {"binary": binary_map(inst), "hv": hv_map(inst),
-                "type": type_map(inst, classes, unknown_index, type_order)}
-    np.greater(inst, 0, out=out["binary"])
-    hv_map(inst, out=out["hv"])
-    lut = class_lut(inst, classes, type_order, unknown_index)
-    np.take(lut.astype(out["type"].dtype, copy=False), inst, out=out["type"], mode="clip")
+        out = {"binary": np.empty((h, w), np.uint8), "hv": np.empty((2, h, w), np.float32),
+               "type": np.empty((h, w), np.int64)}
+    hv = _hv_out(out["hv"], h, w)
+    for key in ("binary", "type"):
+        if out[key].shape != (h, w):
+            raise ValueError(f"out[{key!r}] must have shape {(h, w)}, got {out[key].shape}")
+    lut = class_lut(inst, classes, type_order, unknown_index).astype(out["type"].dtype)
+    dense, n = _dense_ids(inst)
+    if dense is not inst:
+        lut = np.concatenate([lut[:1], lut[np.unique(inst[inst > 0])]])
+    _fill(dense, n, lut, out["binary"], hv, out["type"], True)
     return dict(out)

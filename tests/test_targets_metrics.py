@@ -85,6 +85,10 @@ def test_hv_and_targets_into_given_arrays_and_large_sparse_ids():
     got = targets(inst, classes, out=dst)
     for k in ref:
         assert got[k] is dst[k] and np.array_equal(got[k], ref[k]), k
+    shifted = targets(big, {i + 5_000_000: c for i, c in classes.items()})   # compacted ids keep their classes
+    for k in ref:
+        assert np.array_equal(shifted[k], ref[k]), k
+    np.testing.assert_array_equal(hv_map(inst.T), hv_map_loop(np.ascontiguousarray(inst.T)))   # a strided view
 
 
 def test_hv_of_an_empty_map():
