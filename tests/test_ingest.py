@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from stx_platform.build import slide as B
+from stx_platform.stain import OD_LUT
 from stx_platform.build.manifest import DONE, write_manifest
 from stx_platform.labels.config import LabelConfig
 from stx_platform.labels.markers import default_markers
@@ -267,7 +268,7 @@ def test_transform_batch_on_a_real_shard(dataset, records):
 def _ref_stain_jitter(rgb, scale, shift):
     """The step-by-step stain jitter (float32 matrix products per pixel), as first implemented."""
     rgb = np.asarray(rgb)
-    od = A._OD_LUT[rgb] if rgb.dtype == np.uint8 else -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    od = OD_LUT.astype(np.float32)[rgb] if rgb.dtype == np.uint8 else -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
     c = od.reshape(-1, 3) @ A._STAIN_INV
     c[:, :2] *= np.asarray(scale[:2], np.float32)
     c[:, :2] += np.asarray(shift[:2], np.float32)
@@ -382,6 +383,14 @@ def test_normalise_into_a_batch_row_and_the_widened_batch_equals_stacked_samples
             assert np.array_equal(tgt[k][i].numpy(), s[k]), k
         assert np.abs(tgt["hv"][i].numpy() - s["hv"]).max() <= 2.0 ** -11
         assert tgt["tissue"][i] == s["tissue"]
+        # the CPU sends the image with only the pixels moved; the colour is the device's work
+        geo = A._dihedral(decode_image(sub["image"][i]), *A._draw_geometric(
+            I.patch_rng(4, [0, 1, 2, 0, 1][i], sub["patch_id"][i]), A.AugmentConfig()))
+        assert np.array_equal(b["image"][i], geo.transpose(2, 0, 1))
+    plain = I.transform_batch(sub, labels, seed=4, config=A.AugmentConfig().geometric_only())
+    assert "colour" not in plain
+    x, _ = I.to_model({k: torch.from_numpy(v) for k, v in plain.items()})
+    assert np.array_equal(x.numpy(), np.stack([A.normalise(im.transpose(1, 2, 0)) for im in plain["image"]]))
 
 
 def test_fast_png_decode_equals_cv2_and_falls_back_for_other_pngs(records):

@@ -1,10 +1,10 @@
 """Augmentation of a training patch: geometric ops applied alike to the image and its instance
-map (rot90, flips), then colour on the image only (H&E stain jitter in optical density, in the
-fixed reference stain basis or in each patch's own Macenko basis, optionally with the stain vectors
-tilted; brightness, contrast, saturation; fused into one colour transform), then
-CellViT's image-quality and shape ops from albumentations (downscale, blur, Gaussian noise, zoom
-blur, random-sized crop, elastic warp; off unless given a probability), and the model's input
-normalisation."""
+map (rot90, flips), CellViT's image-quality and shape ops from albumentations (downscale, blur,
+Gaussian noise, zoom blur, random-sized crop, elastic warp; off unless given a probability), then
+colour on the image only (H&E stain jitter in optical density, in the fixed reference stain basis
+or in each patch's own Macenko basis, optionally with the stain vectors tilted; brightness,
+contrast, saturation; fused into one colour transform, drawn on the CPU and applied by torch on
+the train worker's device), and the model's input normalisation."""
 
 from __future__ import annotations
 
@@ -71,22 +71,16 @@ STAIN_BASES = ("reference", "macenko")
 #: Reference stain vectors (optical density, rows H, E, residual; Ruifrok & Johnston 2001), unit rows.
 STAIN_VECTORS = stain.RUIFROK.astype(np.float32)
 _STAIN_INV = np.linalg.inv(STAIN_VECTORS.astype(np.float64)).astype(np.float32)
-_OD_LUT = stain.OD_LUT.astype(np.float32)   # uint8 -> optical density
 _LOG256 = float(np.log(256.0))
 _GREY = np.array([0.299, 0.587, 0.114])                                    # sums to 1
 _NORM_LUT = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # normalise()'s ops
 
 
-def _pixels(a: np.ndarray) -> np.ndarray:
-    """(..., 3) -> contiguous (N, 1, 3): what cv2 reads as an N x 1 three-channel image."""
-    return np.ascontiguousarray(a).reshape(-1, 1, 3)
-
-
 def _stain_matrix(scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
                   v_out: np.ndarray | None = None) -> np.ndarray:
-    """(3, 4) float32 for ``cv2.transform``: optical density -> minus the jittered optical density.
-    Concentrations are taken in the basis ``v_in`` (rows H, E, residual; the reference when None)
-    and put back with ``v_out`` (``v_in`` when None)."""
+    """(3, 4) float32: optical density -> minus the jittered optical density, ``z = M[:, :3] od +
+    M[:, 3]``. Concentrations are taken in the basis ``v_in`` (rows H, E, residual; the reference
+    when None) and put back with ``v_out`` (``v_in`` when None)."""
     vi = STAIN_VECTORS if v_in is None else np.asarray(v_in, np.float64)
     inv = np.asarray(_STAIN_INV if v_in is None else np.linalg.inv(vi), np.float64)
     vo = np.asarray(vi if v_out is None else v_out, np.float64)
@@ -96,15 +90,42 @@ def _stain_matrix(scale: Sequence[float], shift: Sequence[float], v_in: np.ndarr
     return m.astype(np.float32)
 
 
-def _transmittance(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
-                   v_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """exp(-jittered OD) of (..., 3) pixels as float32 (N, 1, 3), clipped to [1/256, 1] so that
-    ``256 e - 1`` is the jittered RGB clipped to 0..255; and a scratch array of the same shape."""
-    px = _pixels(rgb)
-    od = cv2.LUT(px, _OD_LUT) if px.dtype == np.uint8 else -np.log((px.astype(np.float32) + 1.0) / 256.0)
-    z = cv2.transform(od, _stain_matrix(scale, shift, v_in, v_out))
-    np.clip(z, -_LOG256, 0.0, out=z)
-    return cv2.exp(z, dst=z), od
+#: colour parameters that change nothing: z = -od (so 256 exp(z) - 1 is the pixel), then the identity
+_NO_STAIN = np.hstack([-np.eye(3), np.zeros((3, 1))]).astype(np.float32)
+_NO_MIX = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
+
+
+def apply_colour(x, params, rounded: bool = True):
+    """Colour jitter of RGB images as torch tensors, on whatever device they are: ``x`` (B, 3, H, W)
+    in 0..255 (uint8, or float), ``params`` (B, 2, 3, 4) from :func:`colour_params` -> float32
+    (B, 3, H, W) in 0..255 (rounded half to even when ``rounded``, as a uint8 image would be).
+
+    Per pixel: optical density ``log 256 - log1p(x)``, ``z = S od + t`` (``params[:, 0]``),
+    clipped to [-log 256, 0], RGB ``x' = 256 exp(z) - 1``; then ``y = A x' + k mean(x')``
+    (``params[:, 1]`` = ``[A | k]``, the mean over the image's pixels and channels), clipped to
+    0..255. The train worker runs it (:func:`stx_platform.training.ingest.to_model`), so the CPU
+    ingest only draws the parameters."""
+    import torch
+
+    b, _, h, w = x.shape
+    p = params.to(device=x.device, dtype=torch.float32)
+    s, t = p[:, 0, :, :3], p[:, 0, :, 3:]
+    # z = S od + t with od = log 256 - log1p(x): the log1p is taken once, its sign and offset
+    # folded into the (3, 3) matrix and the bias
+    lx = torch.log1p(x.reshape(b, 3, h * w).float())
+    z = torch.baddbmm(t + _LOG256 * s.sum(2, keepdim=True), s, lx, alpha=-1.0)
+    x = z.clamp_(-_LOG256, 0.0).exp_().mul_(256.0).sub_(1.0)
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    y = torch.baddbmm(p[:, 1, :, 3:] * mean, p[:, 1, :, :3], x).clamp_(0.0, 255.0)
+    return (y.round_() if rounded else y).view(b, 3, h, w)
+
+
+def _apply_hwc(rgb: np.ndarray, params: np.ndarray, rounded: bool) -> np.ndarray:
+    """:func:`apply_colour` of one (H, W, 3) numpy image -> float32 (H, W, 3) in 0..255."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]   # as a batch row is laid out
+    return apply_colour(x, torch.from_numpy(params)[None], rounded)[0].permute(1, 2, 0).numpy()
 
 
 def stain_jitter(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float], v_in: np.ndarray | None = None,
@@ -113,9 +134,8 @@ def stain_jitter(rgb: np.ndarray, scale: Sequence[float], shift: Sequence[float]
     concentrations in the basis ``v_in`` (rows; the fixed reference vectors when None); H and E
     scaled by ``scale[0:2]`` and shifted by ``shift[0:2]``; back to OD with ``v_out`` (``v_in``
     when None) and to RGB (float32, clipped to 0..255)."""
-    rgb = np.asarray(rgb)
-    x = _transmittance(rgb, scale, shift, v_in, v_out)[0] * np.float32(256.0) - np.float32(1.0)
-    return np.clip(x, 0.0, 255.0, out=x).reshape(rgb.shape)
+    params = np.stack([_stain_matrix(scale, shift, v_in, v_out), _NO_MIX])
+    return _apply_hwc(np.asarray(rgb), params, rounded=False)
 
 
 def stain_bases(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray | None, ...]:
@@ -132,20 +152,20 @@ def stain_bases(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
                             v_in[2]])
 
 
-def colour_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Stain, brightness, contrast and saturation jitter of an RGB uint8 image (returns uint8).
+def colour_params(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | None:
+    """One image's stain, brightness, contrast and saturation jitter as (2, 3, 4) float32 for
+    :func:`apply_colour`; None when ``cfg`` jitters no colour.
 
     Draws, in this order: stain scale (2) and shift (2), brightness, contrast, saturation, the
-    stain vectors' tilts (each only when enabled). Applied as stain jitter (:func:`stain_jitter`
-    in the basis of :func:`stain_bases`), then brightness ``x * b``,
-    contrast ``(x - mean) * c + mean``, saturation ``(x - grey) * s + grey``, rounded to uint8.
-    After the stain step all three are one affine map ``y = c b S x + (1 - c) b mean(x)`` with
-    ``S = s I + (1 - s) 1 grey^T``, so the image takes one LUT, two 3x4 colour transforms and one
-    exp per pixel (in float32; equals the step-by-step float32 result to within 1 grey level).
+    stain vectors' tilts (each only when enabled). Stain jitter in the basis of
+    :func:`stain_bases`; then brightness ``x * b``, contrast ``(x - mean) * c + mean``, saturation
+    ``(x - grey) * s + grey``: one affine map ``y = c b S x + (1 - c) b mean(x)`` with
+    ``S = s I + (1 - s) 1 grey^T``, so ``params[1] = [c b S | (1 - c) b]``. ``img`` is read only
+    for the Macenko basis.
     """
     jitter_stain = bool(cfg.stain_scale or cfg.stain_shift or cfg.stain_tilt)
     if not (jitter_stain or cfg.brightness or cfg.contrast or cfg.saturation):
-        return img
+        return None
     if jitter_stain:
         scale = rng.uniform(1 - cfg.stain_scale, 1 + cfg.stain_scale, 2)
         shift = rng.uniform(-cfg.stain_shift, cfg.stain_shift, 2)
@@ -153,17 +173,19 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else 1.0
     s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation else 1.0
     a = c * b * (s * np.eye(3) + (1 - s) * _GREY[None, :])
-    if jitter_stain:
-        src, dst = _transmittance(img, scale, shift, *stain_bases(img, rng, cfg))   # x = 256 e - 1
-        mean = 256.0 * sum(cv2.mean(src)[:3]) / 3 - 1.0 if c != 1 else 0.0
-        m = np.hstack([256.0 * a, ((1 - c) * b * mean - a.sum(1))[:, None]])
-    else:
-        src, dst = _pixels(img).astype(np.float32), None
-        mean = sum(cv2.mean(src)[:3]) / 3 if c != 1 else 0.0
-        m = np.hstack([a, np.full((3, 1), (1 - c) * b * mean)])
-    y = cv2.transform(src, m.astype(np.float32), dst=dst)
-    cv2.threshold(y, 0.0, 0.0, cv2.THRESH_TOZERO, dst=y)       # max(y, 0)
-    return cv2.convertScaleAbs(y).reshape(img.shape)           # rounds half to even, saturates at 255
+    m = _stain_matrix(scale, shift, *stain_bases(img, rng, cfg)) if jitter_stain else _NO_STAIN
+    return np.stack([m, np.hstack([a, np.full((3, 1), (1 - c) * b)])]).astype(np.float32)
+
+
+def colour_image(img: np.ndarray, params: np.ndarray | None) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image with :func:`colour_params`' jitter applied (:func:`apply_colour`
+    on the CPU), as uint8."""
+    return img if params is None else _apply_hwc(img, params, rounded=True).astype(np.uint8)
+
+
+def colour_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """:func:`colour_params` drawn for an RGB uint8 (H, W, 3) image and applied to it, as uint8."""
+    return colour_image(img, colour_params(img, rng, cfg))
 
 
 #: cv2.rotate codes of np.rot90(a, k, axes=(0, 1)) for k = 1, 2, 3
@@ -201,24 +223,34 @@ def _draw_geometric(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[int, 
     return k, bool(rng.random() < cfg.p_hflip), bool(rng.random() < cfg.p_vflip)
 
 
-def augment(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
-            config: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, instance map (H, W)) -> augmented copies, still aligned pixel for pixel.
+def augment_shape(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
+                  config: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image (H, W, 3) uint8, instance map (H, W)) -> (augmented image, augmented instance map,
+    colour parameters or None): the geometric and albumentations ops done, the colour jitter only
+    drawn (:func:`colour_params`) for :func:`apply_colour` to do where the batch is used.
 
-    rot90 by k ~ U{0..3}, horizontal flip, vertical flip (the same for both arrays), then colour
-    jitter of the image, then the albumentations ops that ``config`` turns on
-    (:func:`quality_and_shape`). Targets are to be computed from the returned instance map. (Colour
-    jitter acts per pixel but for the image mean, which a permutation keeps, so it is computed
-    before the geometric op, on the decoded image as it is.)
+    rot90 by k ~ U{0..3}, horizontal flip, vertical flip (the same for both arrays), then the
+    albumentations ops that ``config`` turns on (:func:`quality_and_shape`). Targets are to be
+    computed from the returned instance map. Colour jitter acts per pixel but for the image
+    mean, so it is drawn before the geometric ops and applied last.
     """
     cfg = config or AugmentConfig()
     if image.shape[:2] != inst.shape:
         raise ValueError(f"image {image.shape} and instance map {inst.shape} differ in size")
     geo = _draw_geometric(rng, cfg)
-    image, inst = _dihedral(colour_jitter(image, rng, cfg), *geo), _dihedral(inst, *geo)
+    colour = colour_params(image, rng, cfg)
+    image, inst = _dihedral(image, *geo), _dihedral(inst, *geo)
     if cfg.quality_ops():
         image, inst = quality_and_shape(image, inst, rng, cfg)
-    return image, inst
+    return image, inst, colour
+
+
+def augment(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
+            config: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image (H, W, 3) uint8, instance map (H, W)) -> augmented copies, still aligned pixel for
+    pixel: :func:`augment_shape`, then its colour jitter applied to the image (uint8)."""
+    image, inst, colour = augment_shape(image, inst, rng, config)
+    return colour_image(image, colour), inst
 
 
 @lru_cache(maxsize=8)

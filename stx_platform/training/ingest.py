@@ -7,15 +7,17 @@ Per patch, on CPU workers (the training process computes no targets):
 1. decode the image (RGB uint8) and the instance map;
 2. per-instance class names from the label table (cells missing from it -> ``Unknown``);
 3. augmentation (:mod:`stx_platform.training.augmentation`): rot90, horizontal and vertical flips
-   applied identically to image and instance map, colour jitter on the image only, then the
-   albumentations ops the config turns on (the crop and the elastic warp move the map too);
+   applied identically to image and instance map, then the albumentations ops the config turns on
+   (the crop and the elastic warp move the map too); the colour jitter of the image is drawn here
+   and applied by the train worker on its device (:func:`to_model`);
 4. targets of the *augmented* instance map (:func:`stx_platform.targets.targets`, as CellViT
    computes HV maps after augmentation): ``binary``, ``hv``, ``type`` (Unknown -> -1, ignored by
    the type loss);
 5. ``tissue`` = the PanNuke tissue index of the slide's organ (-1 when it is not one of PanNuke's
    19 tissues); batches travel in compact dtypes (:data:`SENT_DTYPES`: uint8 image and binary,
-   float16 hv, int8 type) and the train worker widens them and normalises the image to
-   ``(x / 255 - 0.5) / 0.5`` on its device (:func:`to_model`).
+   float16 hv, int8 type, the colour jitter's parameters) and the train worker widens them,
+   jitters the colour and normalises the image to ``(x / 255 - 0.5) / 0.5`` on its device
+   (:func:`to_model`).
 
 The pure functions (:func:`make_sample`, :func:`transform_batch`) need no Ray;
 :func:`training_dataset` wires them into a Ray Data pipeline (``map_batches`` with actors that read
@@ -38,7 +40,7 @@ from stx_platform.organs import canonical_organ
 from stx_platform.patches.schema import decode_image, decode_instance_map
 from stx_platform.targets import targets
 from stx_platform.taxonomy import UNKNOWN
-from stx_platform.training.augmentation import AugmentConfig, augment, normalise
+from stx_platform.training.augmentation import AugmentConfig, apply_colour, augment_shape, colour_image, normalise
 
 #: PanNuke's 19 tissues in CellViT's tissue-head order (alphabetical, as CellViT's dataset config).
 PANNUKE_TISSUES: tuple[str, ...] = (
@@ -143,22 +145,24 @@ def _labels_for(labels, sample_id) -> pd.Series | None:
         return None
 
 
-_augment = augment          # the name ``augment`` is also a parameter below
+_augment = augment_shape    # the name ``augment`` is also a parameter below
 
 
 # ---------------------------------------------------------------- samples
 
 def _prepare(record: Mapping, labels, rng: np.random.Generator | None, augment: bool,
-             config: AugmentConfig | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode, label join and augmentation of one record -> (RGB uint8 image, instance map, classes)."""
+             config: AugmentConfig | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Decode, label join and augmentation of one record -> (RGB uint8 image, instance map,
+    classes, colour parameters still to apply or None)."""
     img = decode_image(record["image"])
     inst = decode_instance_map(record["instance_map"])
     classes = instance_classes(record["cell_ids"], _labels_for(labels, record.get("sample_id")))
+    colour = None
     if augment:
-        img, inst = _augment(img, inst, rng if rng is not None else np.random.default_rng(), config)
+        img, inst, colour = _augment(img, inst, rng if rng is not None else np.random.default_rng(), config)
     elif img.shape[:2] != inst.shape:
         raise ValueError(f"image {img.shape} and instance map {inst.shape} differ in size")
-    return img, inst, classes
+    return img, inst, classes, colour
 
 
 def make_sample(record: Mapping, labels, rng: np.random.Generator | None = None, augment: bool = True,
@@ -171,9 +175,12 @@ def make_sample(record: Mapping, labels, rng: np.random.Generator | None = None,
     ``labels``: a Series of class names indexed by cell id (this slide's), a mapping
     ``{sample_id: Series}``, or None (every nucleus Unknown).
     """
-    img, inst, classes = _prepare(record, labels, rng, augment, config)
+    img, inst, classes, colour = _prepare(record, labels, rng, augment, config)
     out = targets(inst, classes)
-    out["image"] = normalise(img)
+    if colour is None:
+        out["image"] = normalise(img)
+    else:
+        out["image"] = normalise(colour_image(img, colour))
     out["tissue"] = tissue_index(record.get("organ"))
     for key in ("sample_id", "patch_id"):
         if record.get(key) is not None:
@@ -188,9 +195,11 @@ def patch_rng(seed: int, epoch: int, patch_id: str) -> np.random.Generator:
 
 
 #: dtypes of the arrays :func:`transform_batch` sends through the object store; the train worker
-#: widens them on its device (:func:`to_model`). 0.59 MB per 256 px sample against 2.36 MB as
-#: float32 / int64 (hv in fp16 rounds by at most 2**-11 = 4.9e-4 on its [-1, 1] range).
-SENT_DTYPES = {"image": np.uint8, "binary": np.uint8, "hv": np.float16, "type": np.int8, "tissue": np.int64}
+#: widens them on its device and applies the colour jitter there (:func:`to_model`). 0.59 MB per
+#: 256 px sample against 2.36 MB as float32 / int64 (hv in fp16 rounds by at most 2**-11 = 4.9e-4
+#: on its [-1, 1] range); ``colour`` (96 bytes) only in augmented batches with colour jitter on.
+SENT_DTYPES = {"image": np.uint8, "binary": np.uint8, "hv": np.float16, "type": np.int8, "tissue": np.int64,
+               "colour": np.float32}
 
 
 def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augment: bool = True,
@@ -199,8 +208,9 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     """A numpy batch of patch records (Ray Data ``batch_format="numpy"`` or columns read with
     pyarrow) -> stacked training arrays in compact dtypes (:data:`SENT_DTYPES`): ``image``
     (B, 3, H, W) uint8 RGB, not normalised; ``binary`` (B, H, W) uint8; ``hv`` (B, 2, H, W) float16;
-    ``type`` (B, H, W) int8 with -1 for Unknown; ``tissue`` (B,) int64; with ``keep_ids`` also
-    ``sample_id`` / ``patch_id`` (B,) str. Each patch's augmentation is drawn from
+    ``type`` (B, H, W) int8 with -1 for Unknown; ``tissue`` (B,) int64; ``colour`` (B, 2, 3, 4)
+    float32, the colour jitter drawn but not applied (:func:`~stx_platform.training.augmentation.apply_colour`),
+    when augmenting with colour on; with ``keep_ids`` also ``sample_id`` / ``patch_id`` (B,) str. Each patch's augmentation is drawn from
     :func:`patch_rng` (``epoch`` may be one int or one per row). :func:`to_model` turns a batch
     into :func:`make_sample`'s values (normalised float32 image, int64 targets, float32 hv)."""
     n = len(batch["image"])
@@ -211,12 +221,14 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     for i in range(n):
         rec = {k: batch[k][i] for k in keys}
         pid = str(rec.get("patch_id", i))
-        img, inst, classes = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment, config)
+        img, inst, classes, colour = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment, config)
         if not out:
-            out = _empty_batch(n, *inst.shape)
+            out = _empty_batch(n, *inst.shape, colour is not None)
             hv = np.empty((2, *inst.shape), np.float32)    # hv_map works in float32; sent as fp16
         elif inst.shape != out["type"].shape[1:]:
             raise ValueError(f"patch {pid}: size {inst.shape} differs from the batch's {out['type'].shape[1:]}")
+        if colour is not None:
+            out["colour"][i] = colour
         targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
         out["hv"][i] = hv
         np.copyto(out["image"][i], img.transpose(2, 0, 1), casting="same_kind")
@@ -231,18 +243,27 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     return out
 
 
-def _empty_batch(n: int, h: int, w: int) -> dict[str, np.ndarray]:
+def _empty_batch(n: int, h: int, w: int, colour: bool = False) -> dict[str, np.ndarray]:
     shapes = {"image": (n, 3, h, w), "binary": (n, h, w), "hv": (n, 2, h, w), "type": (n, h, w), "tissue": (n,)}
+    if colour:
+        shapes["colour"] = (n, 2, 3, 4)
     return {k: np.empty(shape, SENT_DTYPES[k]) for k, shape in shapes.items()}
+
+
+def _normalised(x):
+    """0..255 image tensor -> float32 ``(x / 255 - 0.5) / 0.5``, as :func:`normalise` computes it."""
+    return x.float().mul_(2.0 / 255.0).sub_(1.0)
 
 
 def to_model(batch: Mapping) -> tuple:
     """A batch of :func:`transform_batch`'s arrays as torch tensors (on the train worker's device)
-    -> (image float32 (B, 3, H, W) normalised to [-1, 1] as :func:`normalise` does, targets
-    ``{"binary": int64, "hv": float32, "type": int64, "tissue": int64}``): the widening is done
-    where the batch is used, so the object store and the host-to-device copy carry the compact
-    dtypes."""
-    x = batch["image"].float().mul_(2.0 / 255.0).sub_(1.0)
+    -> (image float32 (B, 3, H, W) colour-jittered when the batch has ``colour`` and normalised to
+    [-1, 1] as :func:`normalise` does, targets ``{"binary": int64, "hv": float32, "type": int64,
+    "tissue": int64}``): the widening and the per-pixel colour work are done where the batch is
+    used (on a GPU, next to nothing), so the object store and the host-to-device copy carry the
+    compact dtypes and the CPU ingest only decodes, moves pixels and computes targets."""
+    x = batch["image"]
+    x = _normalised(apply_colour(x, batch["colour"]) if "colour" in batch else x)
     tgt = {"binary": batch["binary"].long(), "hv": batch["hv"].float(), "type": batch["type"].long(),
            "tissue": batch["tissue"].long()}
     return x, tgt
