@@ -84,6 +84,7 @@ def test_instance_classes_join_cell_ids_and_unknown_becomes_minus_one():
     cls = I.instance_classes(np.array(["c1", "c2", "c3", "c4"]), labels)
     assert cls.tolist() == ["Background", "Epithelial", UNKNOWN, UNKNOWN, "Inflammatory"]
     assert I.instance_classes([], labels).tolist() == ["Background"]
+    assert I.instance_classes([b"c1", "c2", "c4"], labels.to_dict()).tolist() == cls[[0, 1, 2, 4]].tolist()
     assert I.instance_classes(["c1"], None).tolist() == ["Background", UNKNOWN]
     _, inst = _pattern()
     inst = inst.copy()
@@ -102,6 +103,8 @@ def test_load_labels_reads_the_manifest_label_tables(dataset):
     assert (a.index == b.index).all() and (b[a == "Connective"] == UNKNOWN).all() and (b != "Connective").all()
     lazy = I.LabelLookup(out, EDITED)
     assert list(lazy) == [rec.sample_id] and lazy[rec.sample_id].equals(b)
+    assert lazy.by_cell(rec.sample_id) == b.to_dict() and lazy.by_cell("not-a-slide") is None
+    assert lazy[rec.sample_id].equals(b)                     # read again after the dict took its place
 
 
 def test_tissue_index_follows_pannuke_names():

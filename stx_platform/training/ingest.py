@@ -97,12 +97,24 @@ def load_labels(dataset_url: str, label_set_id: str | None = None,
 
 class LabelLookup(Mapping):
     """Lazy ``{sample_id: labels}``: a slide's label table is read the first time one of its
-    patches is seen, then kept (one read per slide per worker)."""
+    patches is seen, then kept (one read per slide per worker), with a dict of it for the
+    per-patch join (:meth:`by_cell`: a few dict lookups instead of a pandas index per patch)."""
 
     def __init__(self, dataset_url: str, label_set_id: str | None = None):
         self.dataset_url, self.label_set_id = dataset_url, label_set_id
         self._slides = {s["sample_id"]: s for s in done_slides(dataset_url)}
         self._cache: dict[str, pd.Series] = {}
+        self._dicts: dict[str, dict] = {}
+
+    def by_cell(self, sample_id: str) -> dict | None:
+        """``{cell id: class name}`` of a slide; None for a slide the dataset does not hold."""
+        if sample_id not in self._dicts:
+            if sample_id not in self._slides:
+                return None
+            labels = self[sample_id]
+            self._dicts[sample_id] = dict(zip(labels.index, labels.to_numpy(object)))
+            del self._cache[sample_id]          # one copy per slide in memory
+        return self._dicts[sample_id]
 
     def __getitem__(self, sample_id: str) -> pd.Series:
         if sample_id not in self._cache:
@@ -117,10 +129,11 @@ class LabelLookup(Mapping):
         return len(self._slides)
 
 
-def instance_classes(cell_ids: Sequence[str], labels: pd.Series | None) -> np.ndarray:
+def instance_classes(cell_ids: Sequence[str], labels: pd.Series | Mapping | None) -> np.ndarray:
     """Class name per instance id (object array of length n + 1; entry 0 = ``"Background"``, unused).
 
-    Instance i is ``cell_ids[i - 1]``; cells absent from ``labels`` (or ``labels=None``) are Unknown.
+    Instance i is ``cell_ids[i - 1]``; cells absent from ``labels`` (a Series or a dict of class
+    names by cell id, or None) are Unknown.
     """
     ids = [c.decode() if isinstance(c, bytes) else str(c) for c in cell_ids]
     out = np.empty(len(ids) + 1, object)
@@ -129,6 +142,8 @@ def instance_classes(cell_ids: Sequence[str], labels: pd.Series | None) -> np.nd
         return out
     if labels is None:
         out[1:] = UNKNOWN
+    elif not isinstance(labels, pd.Series):
+        out[1:] = [labels.get(c, UNKNOWN) for c in ids]
     else:
         pos = labels.index.get_indexer(ids)     # -1 where the cell is not in the table
         values = labels.to_numpy(object)
@@ -136,9 +151,11 @@ def instance_classes(cell_ids: Sequence[str], labels: pd.Series | None) -> np.nd
     return out
 
 
-def _labels_for(labels, sample_id) -> pd.Series | None:
+def _labels_for(labels, sample_id) -> pd.Series | dict | None:
     if labels is None or isinstance(labels, pd.Series):
         return labels
+    if isinstance(labels, LabelLookup):
+        return labels.by_cell(str(sample_id))
     try:
         return labels[str(sample_id)]
     except KeyError:
