@@ -4,7 +4,7 @@ Ray Data worker runs), single process with BLAS/OpenMP pinned to one thread. Bes
 
   (a) ceiling: the Parquet read + PNG image + instance-map decode alone;
   (b) baseline: the same ingest with the per-nucleus reference HV loop
-      (stx_platform.targets.hv_map_loop) in place of the vectorised hv_map.
+      (stx_platform.targets.hv_map_loop) in place of the compiled targets.
 
 A small dataset (a few synthetic HEST slides, built with build_slide) is made in a temp dir. Also
 printed: ms/sample per stage of the augmented ingest (Parquet read, decode, label join,
@@ -16,6 +16,7 @@ ceiling) are met.
     python bench/ingest.py                   # 2 slides x 1500 cells, best of 3 passes
     python bench/ingest.py --slides 3 --cells 3000 --repeat 2
     python bench/ingest.py --dataset DIR     # an already built dataset (manifest.json) instead
+    python bench/ingest.py --baseline REV    # also git revision REV's ingest, on the same dataset
 """
 
 from __future__ import annotations
@@ -109,12 +110,12 @@ STAGES = ("read", "decode", "label join", "augmentation", "targets", "stack")
 
 def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
     """ms/sample per stage of transform_batch's work (augmented, batches of 16), each stage timed
-    around its calls record by record; best pass per stage."""
+    around its calls record by record (CPU time); best pass per stage."""
     from stx_platform.patches.schema import decode_image, decode_instance_map
     from stx_platform.targets import targets
     from stx_platform.training import ingest as I
 
-    clock = time.perf_counter
+    clock = time.process_time
     best, n = dict.fromkeys(STAGES, np.inf), 0
     for _ in range(repeat):
         acc, n = dict.fromkeys(STAGES, 0.0), 0
@@ -138,9 +139,8 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                         hv = np.empty((2, *inst.shape), np.float32)
                     t4 = clock()
                     targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
-                    out["hv"][i] = hv
                     t5 = clock()
-                    out["image"][i] = img.transpose(2, 0, 1)
+                    I.put_row(out, i, img, hv)
                     out["tissue"][i] = I.tissue_index(b["organ"][j])
                     t6 = clock()
                     for k, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t5 - t4, t6 - t5 + t4 - t3)):
@@ -152,31 +152,62 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
 
 @contextlib.contextmanager
 def loop_hv():
+    """The ingest with its targets computed by the per-nucleus reference HV loop."""
     import stx_platform.targets as T
+    from stx_platform.training import ingest as I
 
-    fast = T.hv_map
+    fast = I.targets
 
-    def loop(inst, out=None):
-        hv = T.hv_map_loop(inst)
-        if out is None:
-            return hv
-        out[...] = hv
+    def loop(inst, classes, out):
+        out["binary"][...] = inst > 0
+        out["hv"][...] = T.hv_map_loop(inst)
+        out["type"][...] = T.type_map(inst, classes)
         return out
 
-    T.hv_map = loop
+    I.targets = loop
     try:
         yield
     finally:
-        T.hv_map = fast
+        I.targets = fast
 
 
 def rate(fn, repeat: int) -> float:
     best, n = np.inf, 0
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         n = fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return n / best
+
+
+def rates(dataset: str, repeat: int) -> dict:
+    """CPU samples/s of the ceiling and the augmented ingest of ``dataset`` with the stx_platform
+    this process imports (run as a child process over another revision's tree by --baseline)."""
+    from stx_platform.training.ingest import LabelLookup, shard_urls
+
+    urls, labels = shard_urls(dataset), LabelLookup(dataset)
+    return {"ceiling": rate(lambda: decode_only(urls), repeat), "ingest": rate(lambda: ingest(urls, labels), repeat)}
+
+
+def baseline_rates(rev: str, dataset: str, repeat: int) -> dict:
+    """:func:`rates` of git revision ``rev``'s code (its tree exported with ``git archive``), in
+    a fresh process on one thread."""
+    import json
+    import subprocess
+    import sys
+
+    from revision import export_tree
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = export_tree(rev, tmp)
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = (f"import json, sys; sys.path.insert(0, {here!r}); import ingest; "
+                f"print(json.dumps(ingest.rates({dataset!r}, {repeat})))")
+        p = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": tree}, cwd=tree,
+                           capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"baseline {rev} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -186,19 +217,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--dataset", help="an already built dataset directory (skips building one)")
+    ap.add_argument("--baseline", metavar="REV", help="also measure the ingest of this git revision's code")
     args = ap.parse_args()
 
-    from stx_platform.training.ingest import load_labels, shard_urls
+    from stx_platform.training.ingest import LabelLookup, shard_urls
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         ds = args.dataset or build_dataset(tmp, args.slides, args.cells, args.seed)
         urls = shard_urls(ds)
-        labels = load_labels(ds)
+        labels = LabelLookup(ds)                                 # as the ingest actors join labels
         n = sum(pq.ParquetFile(u).metadata.num_rows for u in urls)
         nuclei = sum(len(c) for b in read_shards(urls) for c in b["cell_ids"])
         print(f"dataset: {len(urls)} slides, {n} patches of 256 px, {nuclei / max(n, 1):.1f} nuclei/patch "
-              f"(built in {time.perf_counter() - t0:.1f} s); one process, one thread; best of {args.repeat}")
+              f"(built in {time.perf_counter() - t0:.1f} s); one process, one thread, CPU time; best of {args.repeat}")
         ceiling = rate(lambda: decode_only(urls), args.repeat)
         ours = rate(lambda: ingest(urls, labels, augment=True), args.repeat)
         no_aug = rate(lambda: ingest(urls, labels, augment=False), args.repeat)
@@ -208,6 +240,7 @@ def main() -> None:
         sent: list[dict] = []
         ingest(urls, labels, augment=True, sink=sent)
         on_device = device_ms(sent)
+        old = baseline_rates(args.baseline, ds, args.repeat) if args.baseline else None
     print(f"  (a) Parquet read + decode (ceiling)       {ceiling:8.1f} samples/s/core  {1e3 / ceiling:6.2f} ms")
     print(f"      ingest, targets, no augmentation      {no_aug:8.1f} samples/s/core  {1e3 / no_aug:6.2f} ms")
     print(f"      ingest + augmentation + targets       {ours:8.1f} samples/s/core  {1e3 / ours:6.2f} ms")
@@ -219,6 +252,10 @@ def main() -> None:
     print(f"  train worker's side (to_model: widen, colour jitter, normalise), torch on this CPU: "
           f"{on_device:.2f} ms/sample")
     print(f"  target ingest >= 0.6x ceiling: {'met' if ours / ceiling >= 0.6 else 'NOT met'} ({ours / ceiling:.2f})")
+    if old:
+        print(f"  {args.baseline}: ceiling {old['ceiling']:.1f}, ingest {old['ingest']:.1f} samples/s/core, "
+              f"ingest / ceiling = {old['ingest'] / old['ceiling']:.2f};  this code's ingest = "
+              f"{ours / old['ingest']:.2f}x {args.baseline}'s")
     ok_rate, ok_ratio = ours >= 400, ours / base >= 5
     print(f"  target >= 400 samples/s/core: {'met' if ok_rate else 'NOT met'} ({ours:.0f});  "
           f">= 5x baseline: {'met' if ok_ratio else 'NOT met'} ({ours / base:.2f}x)")
