@@ -281,8 +281,13 @@ def _record(sample, x: int, y: int, config: PatchConfig, grid: Grid, region: np.
 
 
 def _read_windows(wsi, origins: list[tuple[int, int]], extent: int) -> Iterator[np.ndarray]:
-    """Level-0 regions of the windows, in order; windows of one row that lie close together are
-    read as one block (fewer region calls, and overlapping windows decode shared tiles once)."""
+    """Level-0 regions of the windows, in order. With the WSI's tile cache each window is read
+    alone (the cache decodes every tile once, across window rows too); otherwise windows of one
+    row that lie close together are read as one block, so they decode shared tiles once."""
+    if wsi.caches_tiles(0):
+        for x, y in origins:
+            yield wsi.read_region(x, y, extent, extent)
+        return
     i = 0
     while i < len(origins):
         x0, y0 = origins[i]
