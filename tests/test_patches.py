@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -109,14 +110,19 @@ def test_image_round_trips():
         back = decode_image(encode_image(img, "jpeg", q))
         mse = np.mean((back.astype(float) - img) ** 2)
         assert back.shape == img.shape and 10 * np.log10(255 ** 2 / mse) > bound
+    qoi = encode_image(img, "qoi")
+    assert qoi[:4] == b"qoif" and np.array_equal(decode_image(qoi), img)
+    jpeg = encode_image(img, "jpeg", 95)  # any JPEG reader (here cv2's) gets the pixels decode_image gives
+    assert np.array_equal(decode_image(jpeg), cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
     with pytest.raises(ValueError):
         encode_image(img, "gif")
-    with pytest.raises(ValueError):
-        decode_image(b"not an image")
+    for bad in (b"not an image", qoi[:40]):
+        with pytest.raises(ValueError):
+            decode_image(bad)
 
 
 @pytest.mark.parametrize("max_id", [0, 7, 255, 300, 70_000])
-@pytest.mark.parametrize("method", ["zlib", "png"])
+@pytest.mark.parametrize("method", ["zstd", "zlib", "png"])
 def test_instance_map_round_trips(max_id, method):
     rng = np.random.default_rng(max_id)
     m = np.where(rng.uniform(size=(64, 48)) < 0.5, rng.integers(1, max_id + 1, (64, 48)), 0) if max_id else \
@@ -128,6 +134,16 @@ def test_instance_map_round_trips(max_id, method):
     assert back.dtype == np.int32 and back.shape == (64, 48) and np.array_equal(back, m)
     assert blob[:4] == (b"\x89PNG" if method == "png" and max_id < 65536 else b"STXI")
     assert np.array_equal(decode_instance_map(encode_instance_map(m, "zlib", np.int32)), m)
+
+
+def test_instance_maps_of_older_shards_still_decode():
+    """Blobs as the zlib-only encoder (before zstd, version 1) wrote them, byte for byte."""
+    old8 = b"STXI\x01B\x03\x00\x00\x00\x04\x00\x00\x00x\x9cc``dd`bbdff`\x00\x00\x00S\x00\x0e"
+    old16 = b"STXI\x01H\x02\x00\x00\x00\x02\x00\x00\x00x\x9cc`\xd0adg``\x00\x00\x011\x005"
+    assert np.array_equal(decode_instance_map(old8), [[0, 0, 1, 1], [0, 2, 2, 1], [3, 3, 0, 0]])
+    assert np.array_equal(decode_instance_map(old16), [[0, 300], [7, 0]])
+    new = encode_instance_map(np.array([[0, 0, 1, 1], [0, 2, 2, 1], [3, 3, 0, 0]]))
+    assert new[:5] == b"STXI\x02" and new != old8  # zstd payload, told apart by the version byte
 
 
 def test_instance_map_rejects_bad_input():
@@ -292,6 +308,21 @@ def test_resampling_hand_made(tmp_path):
     assert (m == 1).sum() == pytest.approx(np.pi * 40 ** 2 / 4, rel=0.05)
     ys, xs = np.nonzero(m == 1)
     assert (xs.mean(), ys.mean()) == pytest.approx((99.75, 99.75), abs=0.3)  # (200 + 0.5) / 2 - 0.5
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "qoi"])
+def test_image_format_is_a_config_choice_recorded_in_the_shard(grid_slide, fmt):
+    config = PatchConfig(image_format=fmt, jpeg_quality=90)
+    tables = list(patches_for_sample(grid_slide, config))
+    rows = _rows(tables)
+    assert rows and {r["image_format"] for r in rows} == {fmt}
+    assert config_from_schema(tables[0].schema) == config
+    sig = {"png": b"\x89PNG", "jpeg": b"\xff\xd8\xff", "qoi": b"qoif"}[fmt]
+    lossless = list(patches_for_sample(grid_slide, PatchConfig()))[0].to_pylist()[0]
+    assert rows[0]["image"].startswith(sig) and rows[0]["patch_id"] == lossless["patch_id"]
+    diff = np.abs(decode_image(rows[0]["image"]).astype(int) - decode_image(lossless["image"]))
+    assert diff.max() == 0 if fmt != "jpeg" else 0 < diff.max() and diff.mean() < 2
+    assert np.array_equal(decode_instance_map(rows[0]["instance_map"]), decode_instance_map(lossless["instance_map"]))
 
 
 def test_plan_skips_glass_and_respects_stride(grid_slide):
