@@ -25,6 +25,7 @@ from stx_platform.patches import (
     plan_patches,
     records_to_table,
 )
+from stx_platform.patches.cut import tissue_mask, tissue_share
 from stx_platform.sources import list_samples, read_sample
 from stx_platform.sources.wsi import WSI, write_pyramid_tiff
 
@@ -157,6 +158,15 @@ def test_instance_map_rejects_bad_input():
     for bad in (b"junk", blob[:-3], blob[:10]):
         with pytest.raises(ValueError):
             decode_instance_map(bad)
+
+
+def test_tissue_share_is_the_tissue_masks_mean():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    img[:20] = GLASS
+    img[20:40] = PINK
+    img[40:45] = (10, 5, 12)  # dark artefact: saturated but too dark
+    assert tissue_share(img) == tissue_mask(img).mean() and 0.1 < tissue_share(img) < 0.9
 
 
 # ---------------------------------------------------------------- schema
