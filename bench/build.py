@@ -6,8 +6,9 @@ write one Parquet shard per slide) in a fresh single-threaded process per (code,
 alternating turns, ``--repeats`` times: patches per CPU-second of that process (= patches/s/core;
 robust on a shared machine) and per wall second, and the shard bytes per patch. ``--baseline REV``
 exports that revision's tree (``git archive``) and runs it the same way, so the ratio is measured
-on one machine in one run. ``--ray`` adds the build as Ray runs it: slide tasks of 1 CPU, on 1 then
-2 workers, this code, default codec (read_sample included).
+on one machine in one run. ``--ray`` adds the build as Ray runs it: slide tasks of 1 CPU on a
+local Ray of 1 CPU per (code, codec), and of 2 CPUs for this code's default codec (read_sample
+included, wall time: noisier on a shared machine).
 
     python bench/build.py --baseline 3a0d2c6          # 8 synthetic slides x 3000 cells, png/jpeg/qoi
     python bench/build.py --slides 4 --cells 6000 --formats png,jpeg --ray
@@ -91,27 +92,34 @@ def export_tree(rev: str, dest: str) -> str:
     return dest
 
 
-def ray_runs(refs: list[str], tmp: str) -> None:
+def ray_rate(refs: list[str], out: str, image_format: str, workers: int) -> dict:
+    """Slide tasks of 1 CPU on a local Ray of ``workers`` CPUs (after a warm-up task): wall time
+    for all slides, read_sample included, as a build runs them."""
     import ray
 
     from stx_platform.ray_session import ray_session
 
-    with ray_session(num_cpus=2, join_env=False):
+    with ray_session(num_cpus=workers, join_env=False):
         task = ray.remote(num_cpus=1)(cut)
-        ray.get(task.remote(refs[0], f"{tmp}/warm"))  # worker start-up and imports
-        results = {}
-        for workers in (1, 2):
-            out = f"{tmp}/ray{workers}"
-            t = time.perf_counter()
-            if workers == 1:
-                n = sum(ray.get(task.remote(r, out)) for r in refs)
-            else:
-                n = sum(ray.get([task.remote(r, out) for r in refs]))
-            dt = time.perf_counter() - t
-            results[workers] = (n, dt)
-            print(f"Ray, {workers} worker(s), this code, default codec: {n} patches in {dt:.1f} s = {n / dt:.0f} "
-                  f"patches/s = {n / dt / workers:.0f} patches/s/core (read_sample included)", flush=True)
-    print(f"Ray speed-up 1 -> 2 workers: x{results[1][1] / results[2][1]:.2f}")
+        ray.get(task.remote(refs[0], f"{out}-warm", image_format))  # worker start-up and imports
+        t = time.perf_counter()
+        n = sum(ray.get([task.remote(r, out, image_format) for r in refs]))
+        return {"patches": n, "wall_s": time.perf_counter() - t, "workers": workers}
+
+
+def run_ray(tree: str, refs: list[str], out: str, image_format: str, workers: int) -> dict | None:
+    """``ray_rate`` in a fresh process (and Ray) importing stx_platform from ``tree``."""
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}/bench"}
+    code = (f"import json; from build import ray_rate; "
+            f"print(json.dumps(ray_rate({refs!r}, {out!r}, {image_format!r}, {workers})))")
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(f"{out}-warm", ignore_errors=True)
+    if p.returncode:
+        if "image_format" in p.stderr:
+            return None
+        raise RuntimeError(f"Ray run failed in {tree}:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -168,7 +176,13 @@ def main() -> None:
                     verdict += f"; x{r / base:.2f} the baseline ({args.baseline}, {default}) {'>=' if r >= 3 * base else '<'} x3"
                 print(f"target, {fmt}{' (default)' if fmt == default else ''}: {verdict}")
         if args.ray:
-            ray_runs(refs, tmp)
+            print("\nthrough Ray (slide tasks of 1 CPU, read_sample included, wall time):")
+            for (name, fmt) in runs:
+                for workers in (1, 2) if (name, fmt) == ("this", default) else (1,):
+                    r = run_ray(trees[name], refs, f"{tmp}/ray", fmt, workers)
+                    if r is not None:
+                        print(f"{name:>8} {fmt:6s} {workers} worker(s): {r['patches']} patches in {r['wall_s']:.1f} s "
+                              f"= {r['patches'] / r['wall_s'] / workers:.0f} patches/s/core", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,45 +9,51 @@ patch edge). The config that cut a build travels in the schema metadata (``stx_p
 
 Encodings, chosen by ``bench/patch_codecs.py``: 200 patches of 256 x 256 px at 0.25 um/px cut
 from a synthetic 0.2125 um/px breast slide (4,000 cells; 20 instances per patch on average),
-one core, encode/decode time per patch (best of 3 passes). The synthetic H&E carries per-pixel
-noise as a scan does; on 256 px crops of a real H&E image (shared/data/real) PNG takes ~147 kB,
-JPEG q95 ~29 kB and q90 ~22 kB, the same ~5x ratio.
+one core, encode/decode time per patch (best of 3 passes; a 2-core machine shared with other
+jobs, so compare rows, not machines). The synthetic H&E carries per-pixel noise as a scan does;
+on 256 px crops of real H&E (shared/data/real) PNG takes ~126-147 kB, QOI ~140-148 kB and JPEG
+q95 ~27-29 kB (worst PSNR 37.0 dB on the NuCLS tiles).
 
     image                    bytes/patch  encode us  decode us  PSNR (worst patch)
-    PNG, cv2 default  (*)         82,129      2,500      1,309  lossless
-    PNG compression 1             81,533      3,761      1,845  lossless
-    JPEG q90                      11,645        381        426  39.3 dB
-    JPEG q95                      16,919        393        456  41.2 dB
-    raw + zlib (no zstandard)     90,650      8,120        846  lossless
+    PNG, cv2 default  (*)         90,787      2,788        664  lossless
+    PNG compression 1             88,140      4,570      2,269  lossless
+    QOI                          101,866        602        542  lossless
+    JPEG q90                      13,003        187        237  38.6 dB
+    JPEG q95                      18,662        203        273  40.8 dB
+    raw + zstd                   109,984      1,352        269  lossless
 
     instance map             bytes/patch  encode us  decode us
-    PNG 16-bit                     2,946        298        441
-    PNG 8-bit (< 256 ids)          2,676        176        284
-    raw int32 + zlib               1,942        925        394
-    raw uint16 + zlib              1,589        534        177
-    raw uint8/16 + zlib (*)        1,485        360         86
+    PNG 16-bit                     2,900        320        469
+    PNG 8-bit (< 256 ids)          2,632        186        338
+    raw int32 + zlib               1,907      1,024         61
+    raw uint8/16 + zlib            1,456        383         49
+    raw uint8/16 + zstd (*)        1,429         85         45
 
+- ``PatchConfig.image_format`` picks the image codec; the choice travels in every record
+  (``image_format``) and in the shard's config metadata, and :func:`decode_image` reads all
+  three by their signature. Cutting a whole shard (``bench/build.py``, one core, medians of 3
+  turns) runs at 160 patches/s with PNG, 241 with QOI and 274 with JPEG q95 (117 with PNG and
+  175 with JPEG before the tile cache and these encoders), at 88.5 / 92.0 / 18.5 kB per patch.
 - Images default to **PNG** (cv2's default settings): lossless, so a patch holds exactly the
   slide's pixels and re-cutting is reproducible bit for bit; scanned WSIs are usually JPEG-
-  compressed already, and a second lossy pass would add artefacts at the nucleus edges the
-  model learns (CellViT's own PanNuke preparation also stores PNG). The price is ~5x the bytes
-  of JPEG q95 (~80-150 kB vs ~17-30 kB per patch: ~100 GB vs ~25 GB per million patches) and
-  ~0.9 ms more decode per patch, small beside the CellViT target maps and augmentation an
-  ingest worker computes per patch; cutting runs at 115 patches/s with PNG, 158 with JPEG (one
-  core). PNG compression 1 (zlib's default strategy instead of cv2's RLE) is no smaller here
-  and 15% smaller on the real crops, but 35-40% slower to decode, and decoding is what every
-  epoch pays; raw + zlib decodes faster but is larger and 3x slower to write.
-  ``image_format="jpeg"`` (q95: PSNR >= 41 dB) is the switch when storage or bandwidth matters
-  more than exactness.
+  compressed already, and a second lossy pass adds artefacts at the nucleus edges the model
+  learns (CellViT's own PanNuke preparation also stores PNG); and any image tool reads it.
+  ``"qoi"`` is the fast lossless switch: the same pixels, 4.6x faster to encode and a little
+  faster to decode than PNG, 12% more bytes here and 17% on the NuCLS tiles (5% fewer on the
+  other real image). ``"jpeg"``
+  (libjpeg-turbo through imagecodecs, the bytes cv2 writes; q95 by ``jpeg_quality``) is the
+  switch when storage, bandwidth or cutting time matter more than exactness: 4.8x fewer bytes
+  (~100 GB vs ~20 GB per million patches) and the fastest cut. TRAINING_EFFECT
 - :func:`decode_image` reads the PNGs :func:`encode_image` writes (8-bit RGB, rows Sub-filtered)
   itself: libdeflate (imagecodecs) into the known size, then a running sum along each row, ~0.55 ms
-  per 256 px patch instead of cv2's ~1.2 ms (inflating is most of it); other PNGs and JPEGs go
-  through cv2. Instance maps are inflated the same way.
-- Instance maps default to **raw + zlib in the smallest dtype** (uint8 up to 255 ids, uint16 up
-  to 65,535, else int32) after a 14-byte ``STXI`` header (version, dtype, height, width): the
-  smallest (1.5 kB) and fastest to decode (86 us) of the lossless options. PNG maps (8/16-bit)
-  are also read back; the two kinds are told apart by their first bytes (PNG signature or
-  ``STXI``), so decoding needs no side channel.
+  per 256 px patch instead of cv2's ~1.2 ms (inflating is most of it); JPEGs and QOIs decode
+  through imagecodecs, other PNGs through cv2.
+- Instance maps default to **raw + zstd (level 3) in the smallest dtype** (uint8 up to 255 ids,
+  uint16 up to 65,535, else int32) after a 14-byte ``STXI`` header (version = payload codec:
+  1 zlib, 2 zstd; dtype, height, width): as small as zlib and 4.5x faster to write. Shards
+  written before zstd (version 1, zlib) and PNG maps (8/16-bit) are read back; the kinds are
+  told apart by their first bytes (PNG signature or ``STXI`` + version), so decoding needs no
+  side channel.
 """
 
 from __future__ import annotations
