@@ -10,10 +10,10 @@ Tile cache. Patches are cut in raster order with windows that do not align with 
 tiles (301 px windows: each tile row is under two window rows), so a level tiled in the common
 layout (one page, RGB(A) interleaved, 8-bit) is read tile by tile through tifffile's decoder and
 keeps the last decoded tiles in an LRU keyed by (level, tile row, tile column): each tile is then
-decoded once per pass. The cache holds at most ``tile_cache_tiles`` tiles, by default two tile rows
-of level 0 plus 16 (``2 * ceil(width / 256) + 16`` tiles of 192 KiB: 80 MB for a 50,000 px wide
-slide); a read spanning more than half of it (a tissue-mask strip) bypasses it, so it never
-evicts the working set. Other layouts read through the zarr view.
+decoded once per pass. The cache holds at most ``tile_cache_tiles`` tiles, by default two tile
+rows of level 0 plus 16 (``2 * ceil(width / 256) + 16`` tiles of 192 KiB, 256 KiB if RGBA: 80 MB
+for a 50,000 px wide slide); a read spanning more than half of it (a tissue-mask strip) bypasses
+it, so it never evicts the working set. Other layouts read through the zarr view.
 
 The TIFF resolution tag is not trusted for the pixel size: HEST's files carry a tag 10x off
 (HEST issue #106); callers take ``pixel_size_um_estimated`` from the metadata instead.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ class WSI:
         self._pages: list | None = None
         self._tiles: OrderedDict = OrderedDict()
         self._cap = 0
+        self._lock = threading.Lock()  # tile reads from several threads share one cache
 
     def _err(self, problem: str) -> SampleError:
         return SampleError(self.sample_id, self.file_label, problem)
@@ -155,7 +157,8 @@ class WSI:
         if x1 <= x0 or y1 <= y0:
             return out
         if self._pages[level] is not None:
-            self._read_tiles(level, x0, y0, x1, y1, out[y0 - y:y1 - y, x0 - x:x1 - x])
+            with self._lock:
+                self._read_tiles(level, x0, y0, x1, y1, out[y0 - y:y1 - y, x0 - x:x1 - x])
             return out
         arr = self._level(level)
         idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else slice(None)
