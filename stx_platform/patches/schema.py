@@ -40,10 +40,16 @@ q95 ~27-29 kB (worst PSNR 37.0 dB on the NuCLS tiles).
   learns (CellViT's own PanNuke preparation also stores PNG); and any image tool reads it.
   ``"qoi"`` is the fast lossless switch: the same pixels, 4.6x faster to encode and a little
   faster to decode than PNG, 12% more bytes here and 17% on the NuCLS tiles (5% fewer on the
-  other real image). ``"jpeg"``
-  (libjpeg-turbo through imagecodecs, the bytes cv2 writes; q95 by ``jpeg_quality``) is the
-  switch when storage, bandwidth or cutting time matter more than exactness: 4.8x fewer bytes
-  (~100 GB vs ~20 GB per million patches) and the fastest cut. TRAINING_EFFECT
+  other real image). ``"jpeg"`` (libjpeg-turbo through imagecodecs, the bytes cv2 writes; q95
+  by ``jpeg_quality``) is the switch when storage, bandwidth or cutting time matter more than
+  exactness: 4.8x fewer bytes (~90 GB vs ~20 GB per million patches) and the fastest cut.
+  Its effect on training is not
+  shown to be nil, so it is not the default: the same 771 patches of the embedded default set,
+  PNG vs JPEG q95 shards, preset tiny for 5 epochs, seeds 0 and 1, scored on the real NuCLS
+  tiles: bPQ 0.442 / 0.497 with PNG vs 0.480 / 0.405 with JPEG, detection F1 0.711 / 0.764 vs
+  0.758 / 0.632 (synthetic PanNuke fold, last epoch: bPQ 0.593 / 0.648 vs 0.577 / 0.519). The
+  seed-to-seed spread is as large as the codec difference, so this small model neither shows
+  a cost nor rules one out; JPEG's two-seed mean is the lower on each of these scores.
 - :func:`decode_image` reads the PNGs :func:`encode_image` writes (8-bit RGB, rows Sub-filtered)
   itself: libdeflate (imagecodecs) into the known size, then a running sum along each row, ~0.55 ms
   per 256 px patch instead of cv2's ~1.2 ms (inflating is most of it); JPEGs and QOIs decode
