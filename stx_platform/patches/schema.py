@@ -32,8 +32,9 @@ q95 ~27-29 kB (worst PSNR 37.0 dB on the NuCLS tiles).
 - ``PatchConfig.image_format`` picks the image codec; the choice travels in every record
   (``image_format``) and in the shard's config metadata, and :func:`decode_image` reads all
   three by their signature. Cutting a whole shard (``bench/build.py``, one core, medians of 3
-  turns) runs at 160 patches/s with PNG, 241 with QOI and 274 with JPEG q95 (117 with PNG and
-  175 with JPEG before the tile cache and these encoders), at 88.5 / 92.0 / 18.5 kB per patch.
+  turns, two runs) runs at 160-178 patches/s with PNG, 227-241 with QOI and 274-321 with JPEG
+  q95 (111-117 with PNG and 175-183 with JPEG before the tile cache and these encoders), at
+  88.5 / 92.0 / 18.5 kB per patch.
 - Images default to **PNG** (cv2's default settings): lossless, so a patch holds exactly the
   slide's pixels and re-cutting is reproducible bit for bit; scanned WSIs are usually JPEG-
   compressed already, and a second lossy pass adds artefacts at the nucleus edges the model
