@@ -5,10 +5,11 @@ Builds a synthetic HEST-layout slide (or uses ``--sample ROOT#ID``), cuts its pa
 patches) on one core, then encodes the ~200 patch images and instance maps with each candidate
 codec and reports mean bytes/patch and encode / decode time per patch (best of 3 passes):
 
-- images: PNG at cv2's default compression, PNG compression 1, JPEG q90 / q95 (with PSNR), and
-  raw + zstd (when ``zstandard`` is importable) or raw + zlib;
+- images: PNG at cv2's default compression, PNG compression 1, JPEG q90 / q95 (with PSNR), QOI,
+  and raw + zstd (imagecodecs);
 - instance maps: PNG 16-bit, PNG 8-bit when ids < 256 (else 16-bit), raw int32 + zlib, raw
-  uint16 + zlib, and raw + zlib in the smallest dtype that holds the ids (the default).
+  uint16 + zlib, and raw in the smallest dtype that holds the ids + zlib (the old default) or
+  zstd (the default).
 
     python bench/patch_codecs.py                 # ~30 s on one core
     python bench/patch_codecs.py --cells 1500    # quicker
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import zlib
 
 import cv2
 import numpy as np
@@ -28,10 +28,7 @@ import numpy as np
 from stx_platform.patches import PatchConfig, decode_image, decode_instance_map, encode_image, encode_instance_map
 from stx_platform.patches.cut import patches_for_sample, plan_patches
 
-try:  # measured only if already installed
-    import zstandard
-except ImportError:
-    zstandard = None
+from imagecodecs import zstd_decode, zstd_encode
 
 
 def _timed(fn, items, repeat: int = 3) -> tuple[list, float]:
@@ -50,15 +47,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def _raw_codec(level: int = 3):
-    if zstandard is not None:
-        c, d = zstandard.ZstdCompressor(level=level), zstandard.ZstdDecompressor()
-        return "raw + zstd", c.compress, d.decompress
-    return "raw + zlib (no zstandard)", lambda b: zlib.compress(b, 6), zlib.decompress
-
-
 def image_codecs() -> list[tuple[str, callable, callable]]:
-    name, comp, decomp = _raw_codec()
+    name, comp, decomp = "raw + zstd", lambda b: zstd_encode(b, level=3), zstd_decode
     shape = {}
 
     def raw_enc(rgb):
@@ -70,6 +60,7 @@ def image_codecs() -> list[tuple[str, callable, callable]]:
         ("PNG compression 1", lambda im: encode_image(im, "png", png_compression=1), decode_image),
         ("JPEG q90", lambda im: encode_image(im, "jpeg", 90), decode_image),
         ("JPEG q95", lambda im: encode_image(im, "jpeg", 95), decode_image),
+        ("QOI", lambda im: encode_image(im, "qoi"), decode_image),
         (name, raw_enc, lambda b: np.frombuffer(decomp(b), np.uint8).reshape(shape["s"])),
     ]
 
@@ -85,7 +76,8 @@ def map_codecs() -> list[tuple[str, callable, callable]]:
         ("PNG 8/16-bit", lambda m: encode_instance_map(m, "png"), decode_instance_map),
         ("raw int32 + zlib", lambda m: encode_instance_map(m, "zlib", np.int32), decode_instance_map),
         ("raw uint16 + zlib", lambda m: encode_instance_map(m, "zlib", np.uint16), decode_instance_map),
-        ("raw uint8/16 + zlib (default)", encode_instance_map, decode_instance_map),
+        ("raw uint8/16 + zlib (old default)", lambda m: encode_instance_map(m, "zlib"), decode_instance_map),
+        ("raw uint8/16 + zstd (default)", lambda m: encode_instance_map(m, "zstd"), decode_instance_map),
     ]
 
 
@@ -123,7 +115,7 @@ def main() -> None:
         print(f"{sample.sample_id}: {sample.wsi.width} x {sample.wsi.height} px at {sample.mpp} um/px, "
               f"{sample.n_cells} cells; patches {config.size} px at {config.mpp} um/px, stride {stride}")
 
-        for fmt in ("jpeg", "png"):  # png last: its lossless patches feed the codec comparison
+        for fmt in ("qoi", "jpeg", "png"):  # png last: its lossless patches feed the codec comparison
             cfg = config.model_copy(update={"image_format": fmt})
             t, c = time.perf_counter(), time.process_time()
             tables = list(patches_for_sample(sample, cfg))

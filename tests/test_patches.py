@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -24,6 +25,7 @@ from stx_platform.patches import (
     plan_patches,
     records_to_table,
 )
+from stx_platform.patches.cut import tissue_mask, tissue_share
 from stx_platform.sources import list_samples, read_sample
 from stx_platform.sources.wsi import WSI, write_pyramid_tiff
 
@@ -109,14 +111,19 @@ def test_image_round_trips():
         back = decode_image(encode_image(img, "jpeg", q))
         mse = np.mean((back.astype(float) - img) ** 2)
         assert back.shape == img.shape and 10 * np.log10(255 ** 2 / mse) > bound
+    qoi = encode_image(img, "qoi")
+    assert qoi[:4] == b"qoif" and np.array_equal(decode_image(qoi), img)
+    jpeg = encode_image(img, "jpeg", 95)  # any JPEG reader (here cv2's) gets the pixels decode_image gives
+    assert np.array_equal(decode_image(jpeg), cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
     with pytest.raises(ValueError):
         encode_image(img, "gif")
-    with pytest.raises(ValueError):
-        decode_image(b"not an image")
+    for bad in (b"not an image", qoi[:40]):
+        with pytest.raises(ValueError):
+            decode_image(bad)
 
 
 @pytest.mark.parametrize("max_id", [0, 7, 255, 300, 70_000])
-@pytest.mark.parametrize("method", ["zlib", "png"])
+@pytest.mark.parametrize("method", ["zstd", "zlib", "png"])
 def test_instance_map_round_trips(max_id, method):
     rng = np.random.default_rng(max_id)
     m = np.where(rng.uniform(size=(64, 48)) < 0.5, rng.integers(1, max_id + 1, (64, 48)), 0) if max_id else \
@@ -130,6 +137,16 @@ def test_instance_map_round_trips(max_id, method):
     assert np.array_equal(decode_instance_map(encode_instance_map(m, "zlib", np.int32)), m)
 
 
+def test_instance_maps_of_older_shards_still_decode():
+    """Blobs as the zlib-only encoder (before zstd, version 1) wrote them, byte for byte."""
+    old8 = b"STXI\x01B\x03\x00\x00\x00\x04\x00\x00\x00x\x9cc``dd`bbdff`\x00\x00\x00S\x00\x0e"
+    old16 = b"STXI\x01H\x02\x00\x00\x00\x02\x00\x00\x00x\x9cc`\xd0adg``\x00\x00\x011\x005"
+    assert np.array_equal(decode_instance_map(old8), [[0, 0, 1, 1], [0, 2, 2, 1], [3, 3, 0, 0]])
+    assert np.array_equal(decode_instance_map(old16), [[0, 300], [7, 0]])
+    new = encode_instance_map(np.array([[0, 0, 1, 1], [0, 2, 2, 1], [3, 3, 0, 0]]))
+    assert new[:5] == b"STXI\x02" and new != old8  # zstd payload, told apart by the version byte
+
+
 def test_instance_map_rejects_bad_input():
     with pytest.raises(ValueError):
         encode_instance_map(np.full((4, 4), -1))
@@ -141,6 +158,15 @@ def test_instance_map_rejects_bad_input():
     for bad in (b"junk", blob[:-3], blob[:10]):
         with pytest.raises(ValueError):
             decode_instance_map(bad)
+
+
+def test_tissue_share_is_the_tissue_masks_mean():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    img[:20] = GLASS
+    img[20:40] = PINK
+    img[40:45] = (10, 5, 12)  # dark artefact: saturated but too dark
+    assert tissue_share(img) == tissue_mask(img).mean() and 0.1 < tissue_share(img) < 0.9
 
 
 # ---------------------------------------------------------------- schema
@@ -292,6 +318,21 @@ def test_resampling_hand_made(tmp_path):
     assert (m == 1).sum() == pytest.approx(np.pi * 40 ** 2 / 4, rel=0.05)
     ys, xs = np.nonzero(m == 1)
     assert (xs.mean(), ys.mean()) == pytest.approx((99.75, 99.75), abs=0.3)  # (200 + 0.5) / 2 - 0.5
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "qoi"])
+def test_image_format_is_a_config_choice_recorded_in_the_shard(grid_slide, fmt):
+    config = PatchConfig(image_format=fmt, jpeg_quality=90)
+    tables = list(patches_for_sample(grid_slide, config))
+    rows = _rows(tables)
+    assert rows and {r["image_format"] for r in rows} == {fmt}
+    assert config_from_schema(tables[0].schema) == config
+    sig = {"png": b"\x89PNG", "jpeg": b"\xff\xd8\xff", "qoi": b"qoif"}[fmt]
+    lossless = list(patches_for_sample(grid_slide, PatchConfig()))[0].to_pylist()[0]
+    assert rows[0]["image"].startswith(sig) and rows[0]["patch_id"] == lossless["patch_id"]
+    diff = np.abs(decode_image(rows[0]["image"]).astype(int) - decode_image(lossless["image"]))
+    assert diff.max() == 0 if fmt != "jpeg" else 0 < diff.max() and diff.mean() < 2
+    assert np.array_equal(decode_instance_map(rows[0]["instance_map"]), decode_instance_map(lossless["instance_map"]))
 
 
 def test_plan_skips_glass_and_respects_stride(grid_slide):

@@ -45,6 +45,43 @@ def test_region_reads_are_exact_and_bounded(tiff):
         assert w.thumbnail(200).shape == (108, 200, 3)
 
 
+def test_tile_cache_reads_the_same_pixels_and_decodes_each_tile_once(tiff, monkeypatch):
+    """Windows across tile and image borders, at every level, with a cache small enough to evict:
+    the same pixels as the whole level read by tifffile (fill outside); raster-order 301 px
+    windows decode each tile once."""
+    decoded = []
+    read_segments = tifffile.FileHandle.read_segments
+
+    def counting(self, offsets, bytecounts, indices=None, *a, **k):
+        decoded.extend(indices if indices is not None else [])
+        return read_segments(self, offsets, bytecounts, indices, *a, **k)
+
+    monkeypatch.setattr(tifffile.FileHandle, "read_segments", counting)
+    rng = np.random.default_rng(0)
+    for cap in (None, 8, 0):
+        with WSI(tiff, tile_cache_tiles=cap) as w:
+            assert w.caches_tiles(0) == (cap != 0)
+            for level in range(w.level_count):
+                full = tifffile.imread(tiff, level=level)
+                H, W = full.shape[:2]
+                p = 1000  # margin beyond any box below
+                padded = np.full((H + 2 * p, W + 2 * p, 3), 7, np.uint8)
+                padded[p:p + H, p:p + W] = full
+                boxes = [(250, 250, 20, 20), (255, 0, 2, 700), (-30, -20, 301, 301), (W - 100, H - 50, 301, 301)]
+                boxes += [(int(rng.integers(-300, W)), int(rng.integers(-300, H)), int(rng.integers(1, 600)),
+                           int(rng.integers(1, 600))) for _ in range(40)]
+                for x, y, bw, bh in boxes:
+                    got = w.read_region(x, y, bw, bh, level, fill=7)
+                    assert np.array_equal(got, padded[p + y:p + y + bh, p + x:p + x + bw]), (cap, level, x, y)
+    with WSI(tiff) as w:
+        decoded.clear()
+        for y in range(0, 700 - 301 + 1, 301):
+            for x in range(0, 1300 - 301 + 1, 301):
+                w.read_region(x, y, 301, 301)
+        # windows span level px 0..601 x 0..1203: tile rows 0..2, columns 0..4 of 6, each decoded once
+        assert sorted(decoded) == [ty * 6 + tx for ty in range(3) for tx in range(5)]
+
+
 def test_wsi_pickles_without_its_file_handle(tiff):
     import cloudpickle  # what Ray uses to ship objects to workers
 

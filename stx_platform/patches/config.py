@@ -24,8 +24,9 @@ class PatchConfig(BaseModel):
                                          "(1 <= stride <= size)")
     min_nuclei: int = Field(1, ge=0, description="patches with fewer nucleus instances are skipped")
     min_tissue: float = Field(0.3, ge=0, le=1, description="fewest fraction of the patch over tissue")
-    image_format: Literal["png", "jpeg"] = Field("png", description="patch image encoding (see schema.py for "
-                                                                    "the measurement behind the default)")
+    image_format: Literal["png", "jpeg", "qoi"] = Field(
+        "png", description="patch image encoding: png (lossless), qoi (lossless, faster to cut, a little larger) "
+                           "or jpeg (lossy, ~5x smaller, fastest); schema.py has the measurements behind the default")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality when image_format is 'jpeg'")
 
     @model_validator(mode="after")

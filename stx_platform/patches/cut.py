@@ -74,6 +74,13 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     return (hsv[..., 1] >= TISSUE_MIN_SATURATION) & (hsv[..., 2] >= TISSUE_MIN_VALUE)
 
 
+def tissue_share(rgb: np.ndarray) -> float:
+    """``tissue_mask(rgb).mean()``, in about half the time (cv2 counts instead of numpy masks)."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
+    inside = cv2.inRange(hsv, (0, TISSUE_MIN_SATURATION, TISSUE_MIN_VALUE), (255, 255, 255))
+    return cv2.countNonZero(inside) / max(inside.size, 1)
+
+
 @dataclass(frozen=True)
 class Grid:
     """Patch geometry of one sample under one config (level-0 px)."""
@@ -266,23 +273,33 @@ def _instances(x: int, y: int, config: PatchConfig, grid: Grid, idx: np.ndarray,
     return imap, idx[present], within[present]
 
 
+def _cell_id_strings(sample) -> np.ndarray:
+    """The sample's cell ids as an object array of str, built once per sample (not per record)."""
+    return np.array([str(c) for c in sample.cell_ids], dtype=object)
+
+
 def _record(sample, x: int, y: int, config: PatchConfig, grid: Grid, region: np.ndarray, imap: np.ndarray,
-            idx: np.ndarray, within: np.ndarray) -> dict:
+            idx: np.ndarray, within: np.ndarray, ids: np.ndarray | None = None) -> dict:
     rgb = _resample(region, grid.size)
     return {
         "sample_id": sample.sample_id, "organ": sample.organ, "patch_id": f"{sample.sample_id}_{x}_{y}",
         "x": x, "y": y, "width_l0": grid.extent, "height_l0": grid.extent,
         "mpp": grid.patch_mpp, "slide_mpp": grid.slide_mpp, "size": grid.size,
         "image": encode_image(rgb, config.image_format, config.jpeg_quality), "image_format": config.image_format,
-        "instance_map": encode_instance_map(imap), "cell_ids": [str(c) for c in sample.cell_ids[idx]],
+        "instance_map": encode_instance_map(imap), "cell_ids": ids[idx].tolist() if ids is not None else [str(c) for c in sample.cell_ids[idx]],
         "touches_border": [not bool(w) for w in within], "nucleus_count": len(idx),
-        "tissue_fraction": float(tissue_mask(rgb).mean()),
+        "tissue_fraction": tissue_share(rgb),
     }
 
 
 def _read_windows(wsi, origins: list[tuple[int, int]], extent: int) -> Iterator[np.ndarray]:
-    """Level-0 regions of the windows, in order; windows of one row that lie close together are
-    read as one block (fewer region calls, and overlapping windows decode shared tiles once)."""
+    """Level-0 regions of the windows, in order. With the WSI's tile cache each window is read
+    alone (the cache decodes every tile once, across window rows too); otherwise windows of one
+    row that lie close together are read as one block, so they decode shared tiles once."""
+    if wsi.caches_tiles(0):
+        for x, y in origins:
+            yield wsi.read_region(x, y, extent, extent)
+        return
     i = 0
     while i < len(origins):
         x0, y0 = origins[i]
@@ -339,6 +356,7 @@ def patches_for_sample(sample, config: PatchConfig | None = None, batch_size: in
         tree = STRtree(sample.nuclei)
     except Exception as e:  # shapely raises several types on broken geometry arrays
         raise SampleError(sample.sample_id, None, f"cannot index nucleus polygons ({type(e).__name__}: {e})") from None
+    ids = _cell_id_strings(sample)
     records: list[dict] = []
     total = len(origins)
     for start in range(0, total, batch_size):
@@ -351,7 +369,7 @@ def patches_for_sample(sample, config: PatchConfig | None = None, batch_size: in
                 kept.append(((x, y), inst))
         regions = _read_windows(sample.wsi, [o for o, _ in kept], grid.extent)
         for ((x, y), inst), region in zip(kept, regions):
-            records.append(_record(sample, x, y, config, grid, region, *inst))
+            records.append(_record(sample, x, y, config, grid, region, *inst, ids=ids))
             if len(records) == batch_size:
                 yield records_to_table(records, config)
                 records = []

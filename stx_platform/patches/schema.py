@@ -9,45 +9,58 @@ patch edge). The config that cut a build travels in the schema metadata (``stx_p
 
 Encodings, chosen by ``bench/patch_codecs.py``: 200 patches of 256 x 256 px at 0.25 um/px cut
 from a synthetic 0.2125 um/px breast slide (4,000 cells; 20 instances per patch on average),
-one core, encode/decode time per patch (best of 3 passes). The synthetic H&E carries per-pixel
-noise as a scan does; on 256 px crops of a real H&E image (shared/data/real) PNG takes ~147 kB,
-JPEG q95 ~29 kB and q90 ~22 kB, the same ~5x ratio.
+one core, encode/decode time per patch (best of 3 passes; a 2-core machine shared with other
+jobs, so compare rows, not machines). The synthetic H&E carries per-pixel noise as a scan does;
+on 256 px crops of real H&E (shared/data/real) PNG takes ~126-147 kB, QOI ~140-148 kB and JPEG
+q95 ~27-29 kB (worst PSNR 37.0 dB on the NuCLS tiles).
 
     image                    bytes/patch  encode us  decode us  PSNR (worst patch)
-    PNG, cv2 default  (*)         82,129      2,500      1,309  lossless
-    PNG compression 1             81,533      3,761      1,845  lossless
-    JPEG q90                      11,645        381        426  39.3 dB
-    JPEG q95                      16,919        393        456  41.2 dB
-    raw + zlib (no zstandard)     90,650      8,120        846  lossless
+    PNG, cv2 default  (*)         90,787      2,788        664  lossless
+    PNG compression 1             88,140      4,570      2,269  lossless
+    QOI                          101,866        602        542  lossless
+    JPEG q90                      13,003        187        237  38.6 dB
+    JPEG q95                      18,662        203        273  40.8 dB
+    raw + zstd                   109,984      1,352        269  lossless
 
     instance map             bytes/patch  encode us  decode us
-    PNG 16-bit                     2,946        298        441
-    PNG 8-bit (< 256 ids)          2,676        176        284
-    raw int32 + zlib               1,942        925        394
-    raw uint16 + zlib              1,589        534        177
-    raw uint8/16 + zlib (*)        1,485        360         86
+    PNG 16-bit                     2,900        320        469
+    PNG 8-bit (< 256 ids)          2,632        186        338
+    raw int32 + zlib               1,907      1,024         61
+    raw uint8/16 + zlib            1,456        383         49
+    raw uint8/16 + zstd (*)        1,429         85         45
 
+- ``PatchConfig.image_format`` picks the image codec; the choice travels in every record
+  (``image_format``) and in the shard's config metadata, and :func:`decode_image` reads all
+  three by their signature. Cutting a whole shard (``bench/build.py``, one core, medians of 3
+  turns, two runs) runs at 160-178 patches/s with PNG, 227-241 with QOI and 274-321 with JPEG
+  q95 (111-117 with PNG and 175-183 with JPEG before the tile cache and these encoders), at
+  88.5 / 92.0 / 18.5 kB per patch.
 - Images default to **PNG** (cv2's default settings): lossless, so a patch holds exactly the
   slide's pixels and re-cutting is reproducible bit for bit; scanned WSIs are usually JPEG-
-  compressed already, and a second lossy pass would add artefacts at the nucleus edges the
-  model learns (CellViT's own PanNuke preparation also stores PNG). The price is ~5x the bytes
-  of JPEG q95 (~80-150 kB vs ~17-30 kB per patch: ~100 GB vs ~25 GB per million patches) and
-  ~0.9 ms more decode per patch, small beside the CellViT target maps and augmentation an
-  ingest worker computes per patch; cutting runs at 115 patches/s with PNG, 158 with JPEG (one
-  core). PNG compression 1 (zlib's default strategy instead of cv2's RLE) is no smaller here
-  and 15% smaller on the real crops, but 35-40% slower to decode, and decoding is what every
-  epoch pays; raw + zlib decodes faster but is larger and 3x slower to write.
-  ``image_format="jpeg"`` (q95: PSNR >= 41 dB) is the switch when storage or bandwidth matters
-  more than exactness.
+  compressed already, and a second lossy pass adds artefacts at the nucleus edges the model
+  learns (CellViT's own PanNuke preparation also stores PNG); and any image tool reads it.
+  ``"qoi"`` is the fast lossless switch: the same pixels, 4.6x faster to encode and a little
+  faster to decode than PNG, 12% more bytes here and 17% on the NuCLS tiles (5% fewer on the
+  other real image). ``"jpeg"`` (libjpeg-turbo through imagecodecs, the bytes cv2 writes; q95
+  by ``jpeg_quality``) is the switch when storage, bandwidth or cutting time matter more than
+  exactness: 4.8x fewer bytes (~90 GB vs ~20 GB per million patches) and the fastest cut.
+  Its effect on training is not
+  shown to be nil, so it is not the default: the same 771 patches of the embedded default set,
+  PNG vs JPEG q95 shards, preset tiny for 5 epochs, seeds 0 and 1, scored on the real NuCLS
+  tiles: bPQ 0.442 / 0.497 with PNG vs 0.480 / 0.405 with JPEG, detection F1 0.711 / 0.764 vs
+  0.758 / 0.632 (synthetic PanNuke fold, last epoch: bPQ 0.593 / 0.648 vs 0.577 / 0.519). The
+  seed-to-seed spread is as large as the codec difference, so this small model neither shows
+  a cost nor rules one out; JPEG's two-seed mean is the lower on each of these scores.
 - :func:`decode_image` reads the PNGs :func:`encode_image` writes (8-bit RGB, rows Sub-filtered)
   itself: libdeflate (imagecodecs) into the known size, then a running sum along each row, ~0.55 ms
-  per 256 px patch instead of cv2's ~1.2 ms (inflating is most of it); other PNGs and JPEGs go
-  through cv2. Instance maps are inflated the same way.
-- Instance maps default to **raw + zlib in the smallest dtype** (uint8 up to 255 ids, uint16 up
-  to 65,535, else int32) after a 14-byte ``STXI`` header (version, dtype, height, width): the
-  smallest (1.5 kB) and fastest to decode (86 us) of the lossless options. PNG maps (8/16-bit)
-  are also read back; the two kinds are told apart by their first bytes (PNG signature or
-  ``STXI``), so decoding needs no side channel.
+  per 256 px patch instead of cv2's ~1.2 ms (inflating is most of it); JPEGs and QOIs decode
+  through imagecodecs, other PNGs through cv2.
+- Instance maps default to **raw + zstd (level 3) in the smallest dtype** (uint8 up to 255 ids,
+  uint16 up to 65,535, else int32) after a 14-byte ``STXI`` header (version = payload codec:
+  1 zlib, 2 zstd; dtype, height, width): as small as zlib and 4.5x faster to write. Shards
+  written before zstd (version 1, zlib) and PNG maps (8/16-bit) are read back; the kinds are
+  told apart by their first bytes (PNG signature or ``STXI`` + version), so decoding needs no
+  side channel.
 """
 
 from __future__ import annotations
@@ -68,6 +81,21 @@ try:
     from imagecodecs import delta_decode as _delta_decode
 except ImportError:                               # decoding falls back to zlib / cv2
     _deflate_decode = _delta_decode = None
+try:  # libjpeg-turbo through imagecodecs: the same bytes and pixels as cv2's, without the BGR copy
+    from imagecodecs import jpeg8_decode as _jpeg_decode
+    from imagecodecs import jpeg8_encode as _jpeg_encode
+except ImportError:
+    _jpeg_decode = _jpeg_encode = None
+try:
+    from imagecodecs import qoi_decode as _qoi_decode
+    from imagecodecs import qoi_encode as _qoi_encode
+except ImportError:
+    _qoi_decode = _qoi_encode = None
+try:
+    from imagecodecs import zstd_decode as _zstd_decode
+    from imagecodecs import zstd_encode as _zstd_encode
+except ImportError:
+    _zstd_decode = _zstd_encode = None
 
 #: Schema version written in the metadata; bump when a field changes meaning.
 SCHEMA_VERSION = "1"
@@ -75,7 +103,7 @@ META_VERSION = b"stx_patch_schema_version"
 META_CONFIG = b"stx_patch_config"
 META_CONFIG_HASH = b"stx_patch_config_hash"
 
-IMAGE_FORMATS = ("png", "jpeg")
+IMAGE_FORMATS = ("png", "jpeg", "qoi")
 
 PATCH_SCHEMA = pa.schema(
     [
@@ -90,7 +118,7 @@ PATCH_SCHEMA = pa.schema(
         pa.field("slide_mpp", pa.float32(), nullable=False),        # um per level-0 pixel
         pa.field("size", pa.int16(), nullable=False),               # patch side, px
         pa.field("image", pa.binary(), nullable=False),             # encoded RGB (image_format)
-        pa.field("image_format", pa.string(), nullable=False),      # "png" | "jpeg"
+        pa.field("image_format", pa.string(), nullable=False),      # one of IMAGE_FORMATS
         pa.field("instance_map", pa.binary(), nullable=False),      # encode_instance_map()
         pa.field("cell_ids", pa.list_(pa.field("item", pa.string(), nullable=False)), nullable=False),
         pa.field("touches_border", pa.list_(pa.field("item", pa.bool_(), nullable=False)), nullable=False),
@@ -125,22 +153,31 @@ def config_from_schema(schema: pa.Schema):
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIG = b"\xff\xd8\xff"
+_QOI_SIG = b"qoif"
+_QOI_END = b"\x00" * 7 + b"\x01"
 
 
 def encode_image(rgb: np.ndarray, image_format: str = "png", quality: int = 95,
                  png_compression: int | None = None) -> bytes:
-    """RGB uint8 (H, W, 3) -> PNG (lossless; cv2's default compression unless given) or JPEG bytes."""
+    """RGB uint8 (H, W, 3) -> PNG (lossless; cv2's default compression unless given), JPEG
+    (libjpeg-turbo at ``quality``) or QOI (lossless) bytes."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format {image_format!r} (expected one of {IMAGE_FORMATS})")
+    if image_format == "qoi":
+        if _qoi_encode is None:
+            raise ValueError("QOI images need imagecodecs with QOI support")
+        return bytes(_qoi_encode(np.ascontiguousarray(rgb)))
+    if image_format == "jpeg" and _jpeg_encode is not None:
+        return bytes(_jpeg_encode(np.ascontiguousarray(rgb), level=int(quality)))
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     if image_format == "png":
         params = [] if png_compression is None else [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
         ok, buf = cv2.imencode(".png", bgr, params)
-    elif image_format == "jpeg":
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     else:
-        raise ValueError(f"unknown image format {image_format!r} (expected one of {IMAGE_FORMATS})")
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError(f"cv2 could not encode a {rgb.shape} image as {image_format}")
     return buf.tobytes()
@@ -202,14 +239,31 @@ def _png_rgb8(data: memoryview) -> np.ndarray | None:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """PNG or JPEG bytes (recognised by their signature) -> RGB uint8 (H, W, 3)."""
+    """PNG, JPEG or QOI bytes (recognised by their signature) -> RGB uint8 (H, W, 3)."""
     data = memoryview(data)
     head = bytes(data[:8])
+    if head.startswith(_QOI_SIG):
+        if _qoi_decode is None:
+            raise ValueError("QOI patch images need imagecodecs with QOI support")
+        if bytes(data[-8:]) != _QOI_END:  # the decoder does not notice a truncated stream itself
+            raise ValueError("patch image could not be decoded (truncated QOI: no end marker)")
+        try:
+            rgb = _qoi_decode(data)
+        except Exception as e:  # imagecodecs raises its own QoiError
+            raise ValueError(f"patch image could not be decoded (truncated or corrupt QOI: {e})") from None
+        return rgb if rgb.shape[-1] == 3 else np.ascontiguousarray(rgb[..., :3])
     if not (head.startswith(_PNG_SIG) or head.startswith(_JPEG_SIG)):
-        raise ValueError("patch image is neither PNG nor JPEG")
+        raise ValueError("patch image is neither PNG, JPEG nor QOI")
     if head.startswith(_PNG_SIG):
         rgb = _png_rgb8(data)
         if rgb is not None:
+            return rgb
+    elif _jpeg_decode is not None:
+        try:
+            rgb = _jpeg_decode(data)
+        except Exception:  # noqa: BLE001 - cv2 below reads it or says it is corrupt
+            rgb = None
+        if rgb is not None and rgb.ndim == 3 and rgb.shape[2] == 3:
             return rgb
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR if _IMREAD_RGB is None else _IMREAD_RGB)
@@ -221,8 +275,11 @@ def decode_image(data: bytes) -> np.ndarray:
 # ---------------------------------------------------------------- instance maps
 
 _RAW_MAGIC = b"STXI"
-_RAW_HEADER = struct.Struct("<4sBcII")  # magic, version, numpy dtype char (B/H/i), height, width
+_RAW_HEADER = struct.Struct("<4sBcII")  # magic, version (= payload codec), numpy dtype char (B/H/i), height, width
 _RAW_DTYPES = {b"B": np.dtype("<u1"), b"H": np.dtype("<u2"), b"i": np.dtype("<i4")}
+_RAW_VERSIONS = {"zlib": 1, "zstd": 2}
+#: default instance-map codec: zstd (level 3) when imagecodecs has it, else zlib (level 6)
+MAP_METHOD = "zstd" if _zstd_encode is not None else "zlib"
 
 
 def _smallest_dtype(max_id: int) -> np.dtype:
@@ -233,15 +290,17 @@ def _smallest_dtype(max_id: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def encode_instance_map(imap: np.ndarray, method: str = "zlib", dtype=None, level: int = 6) -> bytes:
+def encode_instance_map(imap: np.ndarray, method: str | None = None, dtype=None, level: int | None = None) -> bytes:
     """Lossless H x W integer map (0 = background, 1..n) -> bytes; :func:`decode_instance_map`
     reads every variant back, recognising it by its first bytes.
 
-    ``method='zlib'`` (the default): a 14-byte ``STXI`` header (version, dtype, height, width),
-    then the zlib-compressed little-endian array in the smallest of uint8 / uint16 / int32 that
-    holds the ids (``dtype`` forces a wider one). ``method='png'``: an 8-bit PNG when the largest
-    id < 256, else 16-bit; maps with ids >= 65,536 fall back to ``'zlib'``.
+    ``method='zstd'`` (the default, :data:`MAP_METHOD`) or ``'zlib'``: a 14-byte ``STXI`` header
+    (version = payload codec: 1 zlib, 2 zstd; dtype, height, width), then the compressed
+    little-endian array in the smallest of uint8 / uint16 / int32 that holds the ids (``dtype``
+    forces a wider one); ``level`` defaults to 3 (zstd) / 6 (zlib). ``method='png'``: an 8-bit PNG
+    when the largest id < 256, else 16-bit; maps with ids >= 65,536 fall back to the default.
     """
+    method = method or MAP_METHOD
     imap = np.asarray(imap)
     if imap.ndim != 2 or imap.dtype.kind not in "iu":
         raise ValueError(f"expected a 2-D integer instance map, got {imap.dtype} {imap.shape}")
@@ -262,15 +321,22 @@ def encode_instance_map(imap: np.ndarray, method: str = "zlib", dtype=None, leve
         if not ok:
             raise ValueError(f"cv2 could not encode a {imap.shape} instance map as PNG")
         return buf.tobytes()
-    if method in ("png", "zlib"):
-        arr = np.ascontiguousarray(imap.astype(dt.newbyteorder("<"), copy=False))
-        h, w = arr.shape
-        return _RAW_HEADER.pack(_RAW_MAGIC, 1, dt.char.encode(), h, w) + zlib.compress(arr.tobytes(), level)
-    raise ValueError(f"unknown instance map method {method!r} (expected 'zlib' or 'png')")
+    if method == "png":
+        method = MAP_METHOD
+    if method not in _RAW_VERSIONS:
+        raise ValueError(f"unknown instance map method {method!r} (expected 'zstd', 'zlib' or 'png')")
+    if method == "zstd" and _zstd_encode is None:
+        raise ValueError("zstd instance maps need imagecodecs with zstd support")
+    arr = np.ascontiguousarray(imap.astype(dt.newbyteorder("<"), copy=False))
+    h, w = arr.shape
+    head = _RAW_HEADER.pack(_RAW_MAGIC, _RAW_VERSIONS[method], dt.char.encode(), h, w)
+    if method == "zstd":
+        return head + bytes(_zstd_encode(arr.tobytes(), level=3 if level is None else level))
+    return head + zlib.compress(arr.tobytes(), 6 if level is None else level)
 
 
 def decode_instance_map(data: bytes) -> np.ndarray:
-    """Bytes from :func:`encode_instance_map` -> int32 (H, W)."""
+    """Bytes from :func:`encode_instance_map` (any version: zlib shards from before zstd too) -> int32 (H, W)."""
     data = memoryview(data)
     head = bytes(data[:_RAW_HEADER.size])
     if head.startswith(_PNG_SIG):
@@ -280,12 +346,20 @@ def decode_instance_map(data: bytes) -> np.ndarray:
         return arr.astype(np.int32)
     if head.startswith(_RAW_MAGIC) and len(head) == _RAW_HEADER.size:
         _, version, code, h, w = _RAW_HEADER.unpack(head)
-        if version != 1 or code not in _RAW_DTYPES:
+        if version not in _RAW_VERSIONS.values() or code not in _RAW_DTYPES:
             raise ValueError(f"unsupported instance map encoding (version {version}, dtype {code!r})")
         dt = _RAW_DTYPES[code]
+        size = h * w * dt.itemsize
         try:
-            raw = _inflate(data[_RAW_HEADER.size:], h * w * dt.itemsize)
-        except (ValueError, RuntimeError, MemoryError, zlib.error) as e:
+            if version == 1:
+                raw = _inflate(data[_RAW_HEADER.size:], size)
+            elif _zstd_decode is None:
+                raise ValueError("zstd instance maps need imagecodecs with zstd support")
+            else:
+                raw = _zstd_decode(data[_RAW_HEADER.size:], out=size)
+                if len(raw) != size:
+                    raise ValueError(f"decompressed to {len(raw)} bytes, expected {size}")
+        except Exception as e:  # zlib.error, imagecodecs' ZstdError, a short buffer
             raise ValueError(f"instance map could not be decompressed to {h} x {w} x {dt.itemsize} bytes ({e})") \
                 from None
         return np.frombuffer(raw, dt).reshape(h, w).astype(np.int32)

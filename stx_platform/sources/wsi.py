@@ -6,6 +6,15 @@ never loaded whole. Writing renders and encodes level 0 strip by strip, keeping 
 on disk-backed arrays, in the layout HEST publishes (libvips-style: 256 x 256 tiles, LZW, each
 reduced level a further page with NewSubfileType=1).
 
+Tile cache. Patches are cut in raster order with windows that do not align with the 256 px
+tiles (301 px windows: each tile row is under two window rows), so a level tiled in the common
+layout (one page, RGB(A) interleaved, 8-bit) is read tile by tile through tifffile's decoder and
+keeps the last decoded tiles in an LRU keyed by (level, tile row, tile column): each tile is then
+decoded once per pass. The cache holds at most ``tile_cache_tiles`` tiles, by default two tile
+rows of level 0 plus 16 (``2 * ceil(width / 256) + 16`` tiles of 192 KiB, 256 KiB if RGBA: 80 MB
+for a 50,000 px wide slide); a read spanning more than half of it (a tissue-mask strip) bypasses
+it, so it never evicts the working set. Other layouts read through the zarr view.
+
 The TIFF resolution tag is not trusted for the pixel size: HEST's files carry a tag 10x off
 (HEST issue #106); callers take ``pixel_size_um_estimated`` from the metadata instead.
 """
@@ -15,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -28,18 +39,29 @@ from stx_platform import storage
 from stx_platform.errors import SampleError
 
 TILE = 256
+_JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 
 
 class WSI:
-    """A lazily opened pyramidal RGB TIFF at an fsspec URL."""
+    """A lazily opened pyramidal RGB TIFF at an fsspec URL.
 
-    def __init__(self, url: str, sample_id: str | None = None, file_label: str | None = None):
+    ``tile_cache_tiles`` bounds the decoded-tile cache (see the module docstring); None sizes it
+    to two tile rows of level 0 plus 16, 0 turns it off.
+    """
+
+    def __init__(self, url: str, sample_id: str | None = None, file_label: str | None = None,
+                 tile_cache_tiles: int | None = None):
         self.url = str(url)
         self.sample_id = sample_id
         self.file_label = file_label or os.path.basename(self.url)
+        self.tile_cache_tiles = tile_cache_tiles
         self._fh = None
         self._tif = None
         self._levels: list | None = None
+        self._pages: list | None = None
+        self._tiles: OrderedDict = OrderedDict()
+        self._cap = 0
+        self._lock = threading.Lock()  # tile reads from several threads share one cache
 
     def _err(self, problem: str) -> SampleError:
         return SampleError(self.sample_id, self.file_label, problem)
@@ -68,11 +90,30 @@ class WSI:
         self._tif = tif
         self._levels = [None] * len(series.levels)
         self._shapes = [(lv.shape[axes.index("Y")], lv.shape[axes.index("X")]) for lv in series.levels]
+        self._pages = [self._tiled_page(lv) for lv in series.levels]
+        if self.tile_cache_tiles is not None:
+            self._cap = max(0, int(self.tile_cache_tiles))
+        elif self._pages[0] is not None:
+            self._cap = 2 * -(-self._shapes[0][1] // self._pages[0].tilewidth) + 16
+        self._tiles.clear()
 
-    def _level(self, level: int):
+    def _tiled_page(self, level_series):
+        """The level's page when it can be decoded tile by tile (one page, tiled, interleaved 8-bit
+        RGB(A), axes YXS); None for other layouts, which read through zarr."""
+        pages = level_series.pages
+        page = level_series.keyframe if len(pages) == 1 else None
+        ok = (page is not None and self._axes == "YXS" and page.is_tiled and page.planarconfig == 1
+              and page.imagedepth == 1 and page.tiledepth == 1 and page.dtype == np.uint8
+              and page.samplesperpixel in (3, 4) and page.shape[:2] == level_series.shape[:2])
+        return page if ok else None
+
+    def _check_level(self, level: int) -> None:
         self._open()
         if not 0 <= level < len(self._levels):
             raise self._err(f"no pyramid level {level} (has {len(self._levels)})")
+
+    def _level(self, level: int):
+        self._check_level(level)
         if self._levels[level] is None:
             store = self._tif.series[0].aszarr(level=level)
             self._levels[level] = zarr.open(store, mode="r")
@@ -100,14 +141,26 @@ class WSI:
     def level_downsample(self, level: int) -> float:
         return self.width / self.level_dimensions(level)[0]
 
+    def caches_tiles(self, level: int = 0) -> bool:
+        """Whether reads at ``level`` go through the tile cache (so overlapping reads decode shared
+        tiles once, and callers need not batch neighbouring windows into one read)."""
+        self._check_level(level)
+        return self._pages[level] is not None and self._cap > 0
+
     def read_region(self, x: int, y: int, w: int, h: int, level: int = 0, fill: int = 255) -> np.ndarray:
         """RGB uint8 (h, w, 3) with top-left (x, y) in that level's pixels; outside the image is ``fill``."""
-        arr = self._level(level)
+        self._check_level(level)
         W, H = self.level_dimensions(level)
-        out = np.full((h, w, 3), fill, np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        inside = (x0, y0, x1, y1) == (x, y, x + w, y + h)
+        out = np.empty((h, w, 3), np.uint8) if inside else np.full((h, w, 3), fill, np.uint8)
         if x1 <= x0 or y1 <= y0:
             return out
+        if self._pages[level] is not None:
+            with self._lock:
+                self._read_tiles(level, x0, y0, x1, y1, out[y0 - y:y1 - y, x0 - x:x1 - x])
+            return out
+        arr = self._level(level)
         idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else slice(None)
                     if i == self._chan else 0 for i, a in enumerate(self._axes))
         kept = [a for i, a in enumerate(self._axes) if a in "YX" or i == self._chan]
@@ -119,6 +172,53 @@ class WSI:
                             f"({type(e).__name__}: {e}); the file may be truncated or corrupt") from None
         out[y0 - y:y1 - y, x0 - x:x1 - x] = data[..., :3]
         return out
+
+    def _read_tiles(self, level: int, x0: int, y0: int, x1: int, y1: int, dst: np.ndarray) -> None:
+        """Copy level pixels [y0, y1) x [x0, x1) (inside the image) into ``dst`` tile by tile, from
+        the cache or decoded once (then cached when the read spans at most half the cache)."""
+        page = self._pages[level]
+        th, tw = page.tilelength, page.tilewidth
+        across = -(-self._shapes[level][1] // tw)
+        use_cache = 0 < (((y1 - 1) // th - y0 // th + 1) * ((x1 - 1) // tw - x0 // tw + 1)) <= self._cap // 2
+        missing = []
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                tile = self._tiles.get((level, ty, tx)) if use_cache else None
+                if tile is None:
+                    missing.append(ty * across + tx)
+                else:
+                    self._tiles.move_to_end((level, ty, tx))
+                    self._paste(tile, ty * th, tx * tw, x0, y0, x1, y1, dst)
+        if not missing:
+            return
+        args = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} \
+            if page.compression in _JPEG_COMPRESSIONS else {}
+        fh = self._tif.filehandle
+        try:
+            for data, i in fh.read_segments([page.dataoffsets[i] for i in missing],
+                                            [page.databytecounts[i] for i in missing], missing, sort=True):
+                if data is None or not len(data):
+                    tile = np.zeros((th, tw, 3), np.uint8)  # an empty tile reads as 0, as tifffile fills it
+                else:
+                    seg = page.decode(data, i, **args)[0]
+                    tile = seg.reshape(seg.shape[-3:])[..., :3]
+                ty, tx = divmod(i, across)
+                self._paste(tile, ty * th, tx * tw, x0, y0, x1, y1, dst)
+                if use_cache:
+                    self._tiles[(level, ty, tx)] = tile
+                    if len(self._tiles) > self._cap:
+                        self._tiles.popitem(last=False)
+        except Exception as e:
+            raise self._err(f"cannot decode region x={x0} y={y0} w={x1 - x0} h={y1 - y0} at level {level} "
+                            f"({type(e).__name__}: {e}); the file may be truncated or corrupt") from None
+
+    @staticmethod
+    def _paste(tile: np.ndarray, ty: int, tx: int, x0: int, y0: int, x1: int, y1: int, dst: np.ndarray) -> None:
+        """Copy the part of a tile (top-left at level px (tx, ty)) inside [y0, y1) x [x0, x1) into dst."""
+        a, b = max(y0, ty), min(y1, ty + tile.shape[0])
+        c, d = max(x0, tx), min(x1, tx + tile.shape[1])
+        if a < b and c < d:
+            dst[a - y0:b - y0, c - x0:d - x0] = tile[a - ty:b - ty, c - tx:d - tx]
 
     def thumbnail(self, max_size: int = 1000) -> np.ndarray:
         """Whole image downscaled so its longer side is ``max_size``, from the smallest adequate level."""
@@ -137,13 +237,15 @@ class WSI:
             self._tif.close()
         if self._fh is not None:
             self._fh.close()
-        self._fh = self._tif = self._levels = None
+        self._fh = self._tif = self._levels = self._pages = None
+        self._tiles.clear()
 
     def __getstate__(self):
-        return {"url": self.url, "sample_id": self.sample_id, "file_label": self.file_label}
+        return {"url": self.url, "sample_id": self.sample_id, "file_label": self.file_label,
+                "tile_cache_tiles": self.tile_cache_tiles}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], state["sample_id"], state["file_label"])
+        self.__init__(state["url"], state["sample_id"], state["file_label"], state.get("tile_cache_tiles"))
 
     def __enter__(self):
         return self
