@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from revision import export_tree
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 360  # patches/s/core, issue 22
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -85,13 +87,6 @@ def run_worker(tree: str, refs: list[str], out: str, image_format: str) -> dict 
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def export_tree(rev: str, dest: str) -> str:
-    os.makedirs(dest)
-    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return dest
-
-
 def ray_rate(refs: list[str], out: str, image_format: str, workers: int) -> dict:
     """Slide tasks of 1 CPU on a local Ray of ``workers`` CPUs (after a warm-up task): wall time
     for all slides, read_sample included, as a build runs them."""
@@ -143,7 +138,7 @@ def main() -> None:
         refs = list_samples(src)
         trees = {"this": ROOT}
         if args.baseline:
-            trees[args.baseline] = export_tree(args.baseline, f"{tmp}/rev-{args.baseline}")
+            trees[args.baseline] = export_tree(args.baseline, tmp)
         formats = args.formats.split(",")
         runs: dict = {(k, f): [] for k in trees for f in formats}
         for rep in range(args.repeats):
