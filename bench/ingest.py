@@ -16,7 +16,7 @@ ceiling) are met.
     python bench/ingest.py                   # 2 slides x 1500 cells, best of 3 passes
     python bench/ingest.py --slides 3 --cells 3000 --repeat 2
     python bench/ingest.py --dataset DIR     # an already built dataset (manifest.json) instead
-    python bench/ingest.py --baseline REV    # also git revision REV's ingest, on the same dataset
+    python bench/ingest.py --baseline REV    # also git revision REV's code: the same slides built and read by it
 """
 
 from __future__ import annotations
@@ -66,14 +66,25 @@ def read_shards(urls: list[str]) -> list[dict]:
     return batches
 
 
+def _keep_dtype() -> dict:
+    """decode_instance_map's arguments that decode as the ingest does (the stored dtype), where the
+    code has that option (a baseline revision may not)."""
+    import inspect
+
+    from stx_platform.patches.schema import decode_instance_map
+
+    return {"dtype": None} if "dtype" in inspect.signature(decode_instance_map).parameters else {}
+
+
 def decode_only(urls: list[str]) -> int:
     from stx_platform.patches.schema import decode_image, decode_instance_map
 
+    keep = _keep_dtype()
     n = 0
     for b in read_shards(urls):
         for img, inst in zip(b["image"], b["instance_map"]):
             decode_image(img)
-            decode_instance_map(inst)
+            decode_instance_map(inst, **keep)
             n += 1
     return n
 
@@ -128,7 +139,7 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                 out = None
                 for i, j in enumerate(rows):
                     t0 = clock()
-                    img, inst = decode_image(b["image"][j]), decode_instance_map(b["instance_map"][j])
+                    img, inst = decode_image(b["image"][j]), decode_instance_map(b["instance_map"][j], dtype=None)
                     t1 = clock()
                     classes = I.instance_classes(b["cell_ids"][j], I._labels_for(labels, b["sample_id"][j]))
                     t2 = clock()
@@ -180,16 +191,20 @@ def rate(fn, repeat: int) -> float:
     return n / best
 
 
-def rates(dataset: str, repeat: int) -> dict:
-    """CPU samples/s of the ceiling and the augmented ingest of ``dataset`` with the stx_platform
-    this process imports (run as a child process over another revision's tree by --baseline)."""
+def rates(slides: int, cells: int, seed: int, repeat: int) -> dict:
+    """CPU samples/s of the ceiling and the augmented ingest of a synthetic dataset built and read
+    by the stx_platform this process imports (run as a child process over another revision's tree
+    by --baseline: that code builds the same slides, in its own shard format)."""
     from stx_platform.training.ingest import LabelLookup, shard_urls
 
-    urls, labels = shard_urls(dataset), LabelLookup(dataset)
-    return {"ceiling": rate(lambda: decode_only(urls), repeat), "ingest": rate(lambda: ingest(urls, labels), repeat)}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = build_dataset(tmp, slides, cells, seed)
+        urls, labels = shard_urls(dataset), LabelLookup(dataset)
+        return {"ceiling": rate(lambda: decode_only(urls), repeat),
+                "ingest": rate(lambda: ingest(urls, labels), repeat)}
 
 
-def baseline_rates(rev: str, dataset: str, repeat: int) -> dict:
+def baseline_rates(rev: str, slides: int, cells: int, seed: int, repeat: int) -> dict:
     """:func:`rates` of git revision ``rev``'s code (its tree exported with ``git archive``), in
     a fresh process on one thread."""
     import json
@@ -202,7 +217,7 @@ def baseline_rates(rev: str, dataset: str, repeat: int) -> dict:
         tree = export_tree(rev, tmp)
         here = os.path.dirname(os.path.abspath(__file__))
         code = (f"import json, sys; sys.path.insert(0, {here!r}); import ingest; "
-                f"print(json.dumps(ingest.rates({dataset!r}, {repeat})))")
+                f"print(json.dumps(ingest.rates({slides}, {cells}, {seed}, {repeat})))")
         p = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": tree}, cwd=tree,
                            capture_output=True, text=True)
     if p.returncode:
@@ -217,7 +232,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--dataset", help="an already built dataset directory (skips building one)")
-    ap.add_argument("--baseline", metavar="REV", help="also measure the ingest of this git revision's code")
+    ap.add_argument("--baseline", metavar="REV", help="also measure the ingest of this git revision's code "
+                                                      "(on the same synthetic slides, built by that code)")
     args = ap.parse_args()
 
     from stx_platform.training.ingest import LabelLookup, shard_urls
@@ -240,7 +256,7 @@ def main() -> None:
         sent: list[dict] = []
         ingest(urls, labels, augment=True, sink=sent)
         on_device = device_ms(sent)
-        old = baseline_rates(args.baseline, ds, args.repeat) if args.baseline else None
+        old = baseline_rates(args.baseline, args.slides, args.cells, args.seed, args.repeat) if args.baseline else None
     print(f"  (a) Parquet read + decode (ceiling)       {ceiling:8.1f} samples/s/core  {1e3 / ceiling:6.2f} ms")
     print(f"      ingest, targets, no augmentation      {no_aug:8.1f} samples/s/core  {1e3 / no_aug:6.2f} ms")
     print(f"      ingest + augmentation + targets       {ours:8.1f} samples/s/core  {1e3 / ours:6.2f} ms")

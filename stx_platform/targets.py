@@ -21,6 +21,7 @@ the benchmark compare them with.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -188,6 +189,12 @@ def hv_map_loop(inst: np.ndarray, pad: int = 2) -> np.ndarray:
     return np.stack([x_map, y_map]).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _name_index(type_order: tuple[str, ...], unknown_index: int) -> dict[str, int]:
+    """{class name: index} of ``type_order``, Unknown included: one dict lookup per nucleus."""
+    return {**{c: i for i, c in enumerate(type_order)}, UNKNOWN: unknown_index}
+
+
 def _class_index(c, type_order: Sequence[str], unknown_index: int) -> int:
     if isinstance(c, (str, np.str_)):
         if c == UNKNOWN:
@@ -231,7 +238,11 @@ def class_lut(inst: np.ndarray, classes, type_order: Sequence[str] = PANNUKE_TYP
             lut = arr.astype(np.int64).copy()
             lut[lut < 0] = unknown_index
         else:
-            lut = np.array([_class_index(c, type_order, unknown_index) for c in arr], np.int64)
+            index = _name_index(tuple(type_order), unknown_index)
+            try:
+                lut = np.fromiter((index[c] for c in arr), np.int64, len(arr))
+            except (KeyError, TypeError):  # not all names: indices among them, or a bad name to report
+                lut = np.array([_class_index(c, type_order, unknown_index) for c in arr], np.int64)
     lut[0] = 0
     return lut
 

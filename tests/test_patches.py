@@ -133,6 +133,8 @@ def test_instance_map_round_trips(max_id, method):
     blob = encode_instance_map(m, method)
     back = decode_instance_map(blob)
     assert back.dtype == np.int32 and back.shape == (64, 48) and np.array_equal(back, m)
+    kept = decode_instance_map(blob, dtype=None)                  # the stored dtype, as the ingest reads it
+    assert np.array_equal(kept, m) and kept.dtype.itemsize == (1 if max_id < 256 else 2 if max_id < 65536 else 4)
     assert blob[:4] == (b"\x89PNG" if method == "png" and max_id < 65536 else b"STXI")
     assert np.array_equal(decode_instance_map(encode_instance_map(m, "zlib", np.int32)), m)
 

@@ -335,15 +335,17 @@ def encode_instance_map(imap: np.ndarray, method: str | None = None, dtype=None,
     return head + zlib.compress(arr.tobytes(), 6 if level is None else level)
 
 
-def decode_instance_map(data: bytes) -> np.ndarray:
-    """Bytes from :func:`encode_instance_map` (any version: zlib shards from before zstd too) -> int32 (H, W)."""
+def decode_instance_map(data: bytes, dtype=np.int32) -> np.ndarray:
+    """Bytes from :func:`encode_instance_map` (any version: zlib shards from before zstd too) -> (H, W)
+    in ``dtype``; ``dtype=None`` keeps the stored one (the smallest that holds the ids: the ingest
+    moves and reads a uint8 map 4x faster than an int32 one)."""
     data = memoryview(data)
     head = bytes(data[:_RAW_HEADER.size])
     if head.startswith(_PNG_SIG):
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is None or arr.ndim != 2:
             raise ValueError("instance map PNG could not be decoded (truncated, corrupt or not single-channel)")
-        return arr.astype(np.int32)
+        return arr if dtype is None else arr.astype(dtype)
     if head.startswith(_RAW_MAGIC) and len(head) == _RAW_HEADER.size:
         _, version, code, h, w = _RAW_HEADER.unpack(head)
         if version not in _RAW_VERSIONS.values() or code not in _RAW_DTYPES:
@@ -362,7 +364,8 @@ def decode_instance_map(data: bytes) -> np.ndarray:
         except Exception as e:  # zlib.error, imagecodecs' ZstdError, a short buffer
             raise ValueError(f"instance map could not be decompressed to {h} x {w} x {dt.itemsize} bytes ({e})") \
                 from None
-        return np.frombuffer(raw, dt).reshape(h, w).astype(np.int32)
+        arr = np.frombuffer(raw, dt).reshape(h, w)
+        return arr.copy() if dtype is None else arr.astype(dtype)
     raise ValueError("instance map is neither PNG nor an STXI blob")
 
 

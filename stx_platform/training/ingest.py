@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 
 import cv2
@@ -61,6 +62,7 @@ _TISSUE_BY_LOWER = {t.lower().replace("-", "_"): i for i, t in enumerate(PANNUKE
 READ_COLUMNS: tuple[str, ...] = ("sample_id", "organ", "patch_id", "image", "instance_map", "cell_ids")
 
 
+@lru_cache(maxsize=256)
 def tissue_index(organ: str | None) -> int:
     """Index into :data:`PANNUKE_TISSUES` of an organ name from any source; -1 (ignored) when none fits."""
     if not organ:
@@ -173,7 +175,7 @@ def _prepare(record: Mapping, labels, rng: np.random.Generator | None, augment: 
     """Decode, label join and augmentation of one record -> (RGB uint8 image, instance map,
     classes, colour parameters still to apply or None)."""
     img = decode_image(record["image"])
-    inst = decode_instance_map(record["instance_map"])
+    inst = decode_instance_map(record["instance_map"], dtype=None)
     classes = instance_classes(record["cell_ids"], _labels_for(labels, record.get("sample_id")))
     colour = None
     if augment:
