@@ -71,6 +71,7 @@ STAIN_BASES = ("reference", "macenko")
 #: Reference stain vectors (optical density, rows H, E, residual; Ruifrok & Johnston 2001), unit rows.
 STAIN_VECTORS = stain.RUIFROK.astype(np.float32)
 _STAIN_INV = np.linalg.inv(STAIN_VECTORS.astype(np.float64)).astype(np.float32)
+_REF64, _INV64 = STAIN_VECTORS.astype(np.float64), _STAIN_INV.astype(np.float64)
 _LOG256 = float(np.log(256.0))
 _GREY = np.array([0.299, 0.587, 0.114])                                    # sums to 1
 _NORM_LUT = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # normalise()'s ops
@@ -81,13 +82,13 @@ def _stain_matrix(scale: Sequence[float], shift: Sequence[float], v_in: np.ndarr
     """(3, 4) float32: optical density -> minus the jittered optical density, ``z = M[:, :3] od +
     M[:, 3]``. Concentrations are taken in the basis ``v_in`` (rows H, E, residual; the reference
     when None) and put back with ``v_out`` (``v_in`` when None)."""
-    vi = STAIN_VECTORS if v_in is None else np.asarray(v_in, np.float64)
-    inv = np.asarray(_STAIN_INV if v_in is None else np.linalg.inv(vi), np.float64)
-    vo = np.asarray(vi if v_out is None else v_out, np.float64)
-    m = np.empty((3, 4))
-    m[:, :3] = -(inv @ np.diag([scale[0], scale[1], 1.0]) @ vo).T      # od -> -(scaled concentrations) @ vo
+    vi = _REF64 if v_in is None else np.asarray(v_in, np.float64)
+    inv = _INV64 if v_in is None else np.linalg.inv(vi)
+    vo = vi if v_out is None else np.asarray(v_out, np.float64)
+    m = np.empty((3, 4), np.float32)
+    m[:, :3] = -((inv * (scale[0], scale[1], 1.0)) @ vo).T      # od -> -(scaled concentrations) @ vo
     m[:, 3] = -(shift[0] * vo[0] + shift[1] * vo[1])
-    return m.astype(np.float32)
+    return m
 
 
 #: colour parameters that change nothing: z = -od (so 256 exp(z) - 1 is the pixel), then the identity
@@ -172,9 +173,11 @@ def colour_params(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) if cfg.brightness else 1.0
     c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else 1.0
     s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation else 1.0
-    a = c * b * (s * np.eye(3) + (1 - s) * _GREY[None, :])
-    m = _stain_matrix(scale, shift, *stain_bases(img, rng, cfg)) if jitter_stain else _NO_STAIN
-    return np.stack([m, np.hstack([a, np.full((3, 1), (1 - c) * b)])]).astype(np.float32)
+    params = np.empty((2, 3, 4), np.float32)
+    params[1, :, :3] = c * b * (s * np.eye(3) + (1 - s) * _GREY[None, :])
+    params[1, :, 3] = (1 - c) * b
+    params[0] = _stain_matrix(scale, shift, *stain_bases(img, rng, cfg)) if jitter_stain else _NO_STAIN
+    return params
 
 
 def colour_image(img: np.ndarray, params: np.ndarray | None) -> np.ndarray:

@@ -31,7 +31,6 @@ from collections import Counter
 from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -227,7 +226,7 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
                     keep_ids: bool = False) -> dict[str, np.ndarray]:
     """A numpy batch of patch records (Ray Data ``batch_format="numpy"`` or columns read with
     pyarrow) -> stacked training arrays in compact dtypes (:data:`SENT_DTYPES`): ``image``
-    (B, 3, H, W) uint8 RGB, not normalised; ``binary`` (B, H, W) uint8; ``hv`` (B, 2, H, W) float16;
+    (B, H, W, 3) uint8 RGB as decoded (the train worker makes it channels-first), not normalised; ``binary`` (B, H, W) uint8; ``hv`` (B, 2, H, W) float16;
     ``type`` (B, H, W) int8 with -1 for Unknown; ``tissue`` (B,) int64; ``colour`` (B, 2, 3, 4)
     float32, the colour jitter drawn but not applied (:func:`~stx_platform.training.augmentation.apply_colour`),
     when augmenting with colour on; with ``keep_ids`` also ``sample_id`` / ``patch_id`` (B,) str. Each patch's augmentation is drawn from
@@ -263,16 +262,16 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
 
 
 def put_row(out: dict[str, np.ndarray], i: int, img: np.ndarray, hv: np.ndarray) -> None:
-    """Row ``i`` of a batch: the RGB (H, W, 3) image as planes, the float32 hv map as fp16 (torch's
+    """Row ``i`` of a batch: the RGB (H, W, 3) image as it is, the float32 hv map as fp16 (torch's
     vectorised cast: numpy's takes ~30x longer; both round to nearest even)."""
     import torch
 
-    cv2.split(np.ascontiguousarray(img), list(out["image"][i]))
+    out["image"][i] = img
     torch.from_numpy(out["hv"][i]).copy_(torch.from_numpy(hv))
 
 
 def _empty_batch(n: int, h: int, w: int, colour: bool = False) -> dict[str, np.ndarray]:
-    shapes = {"image": (n, 3, h, w), "binary": (n, h, w), "hv": (n, 2, h, w), "type": (n, h, w), "tissue": (n,)}
+    shapes = {"image": (n, h, w, 3), "binary": (n, h, w), "hv": (n, 2, h, w), "type": (n, h, w), "tissue": (n,)}
     if colour:
         shapes["colour"] = (n, 2, 3, 4)
     return {k: np.empty(shape, SENT_DTYPES[k]) for k, shape in shapes.items()}
@@ -290,7 +289,7 @@ def to_model(batch: Mapping) -> tuple:
     "tissue": int64}``): the widening and the per-pixel colour work are done where the batch is
     used (on a GPU, next to nothing), so the object store and the host-to-device copy carry the
     compact dtypes and the CPU ingest only decodes, moves pixels and computes targets."""
-    x = batch["image"]
+    x = batch["image"].permute(0, 3, 1, 2)
     x = _normalised(apply_colour(x, batch["colour"]) if "colour" in batch else x)
     tgt = {"binary": batch["binary"].long(), "hv": batch["hv"].float(), "type": batch["type"].long(),
            "tissue": batch["tissue"].long()}
