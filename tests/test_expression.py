@@ -112,7 +112,7 @@ def _dict_batch(feat: list, cid: list, qv: np.ndarray, rng) -> pa.RecordBatch:
 
 def test_many_small_batches_with_their_own_dictionaries_give_the_one_batch_matrix():
     """Counting in 60 odd-sized batches (dictionaries differing per batch, null ids and feature
-    names, NaN qv, the same (cell, gene) pairs in many batches, merges forced every few batches)
+    names, NaN qv, the same (cell, gene) pairs in many batches, a buffer smaller than a batch)
     gives the matrix and stats of one batch, and both equal a count done row by row."""
     from collections import Counter
 
@@ -142,8 +142,8 @@ def test_many_small_batches_with_their_own_dictionaries_give_the_one_batch_matri
     for (c, f), k in ref.items():
         want.loc[c, f] = k
 
-    def count(bounds, merge_nnz):
-        counter = TranscriptCounter(cells, merge_nnz=merge_nnz)
+    def count(bounds, buffer_rows):
+        counter = TranscriptCounter(cells, buffer_rows=buffer_rows)
         for a, b in zip(bounds[:-1], bounds[1:]):
             counter.add(_dict_batch(feat[a:b], cid[a:b], qv[a:b], rng))
         mat, g, st = counter.result()
@@ -151,7 +151,7 @@ def test_many_small_batches_with_their_own_dictionaries_give_the_one_batch_matri
 
     cuts = np.sort(rng.choice(np.arange(1, n), 59, replace=False))
     one, st_one = count([0, n], 1 << 23)
-    many, st_many = count([0, *cuts, n], 300)
+    many, st_many = count([0, *cuts, n], 97)         # batches span buffer fills
     assert (one.to_numpy() == want.to_numpy()).all() and (many.to_numpy() == want.to_numpy()).all()
     assert want.to_numpy().sum() > 3000 and want.to_numpy()[:, :4].min() > 0    # pairs repeat across batches
     assert st_one == st_many

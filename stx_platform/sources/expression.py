@@ -67,11 +67,12 @@ def _lookup(cache: dict, dictionary: pa.Array, fn) -> np.ndarray:
 class TranscriptCounter:
     """Counts transcripts per (cell, gene) one batch at a time, so a file is never held whole.
 
-    Each batch (a Parquet row group or a slice of one) is reduced at once to int32 row and
-    gene codes, then to a small int32 CSR of its (cell, gene) counts; those are summed into the
-    running matrix whenever they hold ``merge_nnz`` entries. Memory is the cell x gene matrix
-    (twice, while merging) plus one batch and ``merge_nnz`` pending entries, whatever the
-    transcript count (bench/expression.py measures it). Genes get columns in first-seen order.
+    Each batch (a Parquet row group or a slice of one) is reduced at once to int32 row and gene
+    codes of its kept transcripts, which go into one fixed buffer of ``buffer_rows`` pairs; a
+    full buffer is summed into the running int32 CSR matrix. Memory is the cell x gene matrix
+    (twice, while summing), the buffer and one batch, whatever the transcript count: nothing
+    small outlives its batch, so the allocator can reuse it (bench/expression.py measures it).
+    Genes get columns in first-seen order.
 
     ``mode``: "cell_id" (by the transcript's ``cell_id``), "nucleus" (also ``overlaps_nucleus``)
     or "polygon" (the H&E position ``he_xy`` within ``nuclei``, aligned with ``cell_ids``).
@@ -79,7 +80,7 @@ class TranscriptCounter:
 
     def __init__(self, cell_ids: pd.Index, *, genes: list[str] | None = None, min_qv: float | None = MIN_QV,
                  mode: str = "cell_id", nuclei=None, he_xy: tuple[str, str] = ("he_x", "he_y"),
-                 keep_controls: bool = False, merge_nnz: int = 1 << 23):
+                 keep_controls: bool = False, buffer_rows: int = 1 << 22):
         if mode not in ("cell_id", "nucleus", "polygon"):
             raise ValueError(f"unknown assignment mode {mode!r}")
         if mode == "polygon" and nuclei is None:
@@ -90,9 +91,9 @@ class TranscriptCounter:
         self.min_qv, self.mode, self.he_xy, self.keep_controls = min_qv, mode, he_xy, keep_controls
         self.tree = shapely.STRtree(nuclei) if mode == "polygon" else None
         self.stats = AssignmentStats(0, 0, 0, 0, 0, 0)
-        self.merge_nnz = merge_nnz
         self._total: sp.csr_matrix | None = None
-        self._parts: list[sp.csr_matrix] = []
+        self._pairs = np.empty((2, max(1, buffer_rows)), np.int32)     # (row, gene column) per kept transcript
+        self._fill = 0
         self._cells_cache: dict = {}
 
     def _columns(self, fnames: np.ndarray, flags: np.ndarray | None) -> np.ndarray:
@@ -168,13 +169,7 @@ class TranscriptCounter:
         keep &= assigned
         r, c = rows[keep], gcol[keep]
         del rows, gcol
-        if len(r):
-            shape = (len(self.cell_ids), len(self.gene_col))
-            part = sp.coo_matrix((np.ones(len(r), np.int32), (r, c)), shape=shape).tocsr()
-            part.sum_duplicates()
-            self._parts.append(part)
-            if sum(p.nnz for p in self._parts) >= self.merge_nnz:
-                self._merge()
+        self._push(r, c)
         st = self.stats
         st.transcripts += n_tx
         st.kept += len(r)
@@ -184,20 +179,31 @@ class TranscriptCounter:
         st.outside_nuclei += outside
         return self
 
+    def _push(self, r: np.ndarray, c: np.ndarray) -> None:
+        """Append (row, column) pairs to the buffer, summing it into the matrix whenever it fills."""
+        done, cap = 0, self._pairs.shape[1]
+        while done < len(r):
+            k = min(cap - self._fill, len(r) - done)
+            self._pairs[0, self._fill:self._fill + k] = r[done:done + k]
+            self._pairs[1, self._fill:self._fill + k] = c[done:done + k]
+            self._fill += k
+            done += k
+            if self._fill == cap:
+                self._merge()
+
     def _merge(self) -> None:
-        """Sum the pending batch matrices among themselves (small), then into the total (once)."""
+        """Sum the buffered pairs (duplicates added up) into the running matrix; empty the buffer."""
         shape = (len(self.cell_ids), len(self.gene_col))
-        pending = None
-        for part in self._parts:
-            part.resize(shape)
-            pending = part if pending is None else pending + part
-        self._parts = []
-        if pending is not None:
-            if self._total is None:
-                self._total = pending
-            else:
-                self._total.resize(shape)
-                self._total = self._total + pending
+        n, self._fill = self._fill, 0
+        if n == 0:
+            return
+        rows, cols = self._pairs[0, :n], self._pairs[1, :n]
+        part = sp.coo_matrix((np.ones(n, np.int32), (rows, cols)), shape=shape).tocsr()
+        if self._total is None:
+            self._total = part
+        else:
+            self._total.resize(shape)
+            self._total = self._total + part
 
     def result(self) -> tuple[sp.csr_matrix, list[str], AssignmentStats]:
         """(CSR int32 counts len(cell_ids) x genes, the gene names, what was dropped)."""
@@ -230,9 +236,13 @@ def cell_by_gene(transcripts: pa.Table, cell_ids: pd.Index, *, genes: list[str] 
 
 def count_parquet(f, columns: list[str], cell_ids: pd.Index, batch_rows: int = 1 << 20, **kw
                   ) -> tuple[sp.csr_matrix, list[str], AssignmentStats]:
-    """:func:`cell_by_gene` over an open Parquet file read ``batch_rows`` at a time."""
+    """:func:`cell_by_gene` over an open Parquet file read ``batch_rows`` at a time.
+
+    Row groups are read one by one: a reader over the whole file pre-buffers every row group's
+    column chunks and holds them to the end (130 MB for 16.6M transcripts, growing with them)."""
     counter = TranscriptCounter(cell_ids, **kw)
     pf = pq.ParquetFile(f, read_dictionary=[c for c in ("cell_id", "feature_name") if c in columns])
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        counter.add(batch)
+    for group in range(pf.num_row_groups):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, row_groups=[group]):
+            counter.add(batch)
     return counter.result()
