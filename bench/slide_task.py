@@ -10,11 +10,12 @@ names one.
     python bench/slide_task.py --cells 500000          # synthesise a 500k-cell slide, then measure
     python bench/slide_task.py --slide /tmp/hest#BENCH000
     python bench/slide_task.py --cells 20000 --threads 2
-    python bench/slide_task.py --cells 500000 --blank-he --stages read --keep /tmp/b500k   # read alone
+    python bench/slide_task.py --cells 500000 --blank-he --stages read,label --keep /tmp/b500k
 
 ``--blank-he`` synthesises the slide without rendering its H&E (an hour at 500k cells on a busy
-machine): the TIFF has the slide's size but no pixels (a sparse file), which is all the read
-stage looks at (its header); label and patch stages on such a slide measure nothing useful.
+machine): the TIFF has the slide's size but no pixels (a sparse file). The read stage looks only
+at its header and labelling at no pixel, so both measure as on a rendered slide; patch cutting
+on such a slide measures nothing useful.
 """
 
 from __future__ import annotations
