@@ -211,20 +211,17 @@ def check_counts(X, sample_id: str, file: str) -> sp.csr_matrix:
 
 
 def _permute_columns(X: sp.csr_matrix, order: np.ndarray, in_place: bool) -> sp.csr_matrix:
-    """``X[:, order]`` for a permutation ``order``, as new arrays unless ``in_place``: column
-    indices renumbered, then sorted within rows (scipy's column indexing needs several
-    matrix-sized temporaries; this needs one index array)."""
+    """``X[:, order]`` for a permutation ``order``, in new arrays unless ``in_place``: the column
+    indices renumbered, entries left in their order within rows, exactly as scipy's column
+    indexing leaves them (so sums over them, and the labels, do not move), without its
+    matrix-sized temporaries."""
     X = sp.csr_matrix(X)
     new_col = np.empty(len(order), np.int32)
     new_col[order] = np.arange(len(order), dtype=np.int32)
     indices = new_col[X.indices].astype(X.indices.dtype, copy=False)
     if in_place:
-        X.indices = indices
-    else:
-        X = sp.csr_matrix((X.data.copy(), indices, X.indptr.copy()), shape=X.shape)
-    X.has_sorted_indices = False
-    X.sort_indices()
-    return X
+        return sp.csr_matrix((X.data, indices, X.indptr), shape=X.shape)
+    return sp.csr_matrix((X.data.copy(), indices, X.indptr.copy()), shape=X.shape)
 
 
 def align_expression(X: sp.csr_matrix, expr_ids: pd.Index, genes: list[str], nucleus_ids: pd.Index,
