@@ -11,6 +11,7 @@ against the readers' row-group streaming (``count_parquet``), each in its own pr
 
     python bench/expression.py                    # 20M transcripts, 200k cells
     python bench/expression.py --transcripts 2e6  # quicker
+    python bench/expression.py --scaling 5e6,20e6 # peak memory vs transcripts, 3a0d2c6 against now
 """
 
 from __future__ import annotations
@@ -59,35 +60,74 @@ def pandas_baseline(path: str, ids: pd.Index, genes: list[str]) -> sp.csr_matrix
 
 
 _CHILD = """
-import sys, pandas as pd, pyarrow.parquet as pq
-from stx_platform.sources.expression import cell_by_gene, count_parquet
-path, n_cells, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import importlib.util, subprocess, sys, pandas as pd, pyarrow.parquet as pq
+path, n_cells, how, rev = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if rev == "-":
+    import stx_platform.sources.expression as ex
+else:   # the module as of git revision rev, for a before/after in one run
+    src = subprocess.run(["git", "show", f"{rev}:stx_platform/sources/expression.py"], capture_output=True,
+                         text=True, check=True).stdout
+    ex = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"expression_{rev}", loader=None))
+    sys.modules[ex.__name__] = ex
+    exec(compile(src, f"expression.py@{rev}", "exec"), ex.__dict__)
 ids = pd.Index([f"{i:08x}-1" for i in range(n_cells)])
+ids.get_indexer(ids[:1])   # the index's hash table belongs to the cell table, not to the counting
 cols = ["cell_id", "feature_name", "qv"]
+m = None
 if how == "whole":
-    m, _, _ = cell_by_gene(pq.read_table(path, columns=cols, read_dictionary=["cell_id", "feature_name"]), ids)
+    m, _, _ = ex.cell_by_gene(pq.read_table(path, columns=cols, read_dictionary=["cell_id", "feature_name"]), ids)
 elif how == "stream":
-    m, _, _ = count_parquet(path, cols, ids)
+    m, _, _ = ex.count_parquet(path, cols, ids)
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0].split()[1]
-print(int(m.sum()) if how != "idle" else 0, int(hwm) * 1024)
+size = 0 if m is None else m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+print(0 if m is None else int(m.sum()), int(hwm) * 1024, size)
 """
 
 
-def peak_rss(path: str, n_cells: int, how: str) -> tuple[int, int]:
-    """(peak RSS in bytes, the matrix total) of a fresh process running one path: the kernel's
+def peak_rss(path: str, n_cells: int, how: str, rev: str = "-") -> tuple[int, int, int]:
+    """(peak RSS in bytes, the matrix total, the matrix's bytes) of a fresh process running one
+    path (``rev``: expression.py as of that git revision, "-" for this checkout's): the kernel's
     high-water mark of that process's memory (``VmHWM``, Linux), read by the process itself."""
-    r = subprocess.run([sys.executable, "-c", _CHILD, path, str(n_cells), how], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", _CHILD, path, str(n_cells), how, rev], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if r.returncode:
         raise SystemExit(f"{how} child failed: {r.stderr[-2000:]}")
-    total, peak = r.stdout.split()
-    return int(peak), int(total)
+    total, peak, size = r.stdout.split()
+    return int(peak), int(total), int(size)
+
+
+def scaling(counts: list[int], n_cells: int, rev: str) -> None:
+    """Peak memory of streaming a file at several transcript counts, expression.py as of ``rev``
+    against this checkout's, each in a fresh process: above an idle interpreter, and above that
+    plus the final matrix (what the counting itself holds; flat when memory does not follow the
+    transcripts)."""
+    print(f"\n{'transcripts':>12} {'code':>8} {'matrix MB':>10} {'peak MB':>8} {'- matrix':>9} {'B/transcript':>13}")
+    with tempfile.TemporaryDirectory(prefix="stx-bench-") as tmp:
+        for n_tx in counts:
+            path = os.path.join(tmp, "transcripts.parquet")
+            pq.write_table(make_table(n_tx, n_cells)[0], path, compression="zstd")
+            idle, _, _ = peak_rss(path, n_cells, "idle")
+            got = {}
+            for name, r in ((rev, rev), ("this", "-")):
+                peak, total, size = peak_rss(path, n_cells, "stream", r)
+                got[name] = total
+                print(f"{n_tx:>12,} {name:>8} {size / 1e6:>10.0f} {(peak - idle) / 1e6:>8.0f} "
+                      f"{(peak - idle - size) / 1e6:>9.0f} {(peak - idle) / n_tx:>13.1f}", flush=True)
+            if got[rev] != got["this"]:
+                raise SystemExit("the two revisions count differently")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transcripts", type=float, default=20e6)
     ap.add_argument("--cells", type=int, default=200_000)
+    ap.add_argument("--scaling", metavar="N1,N2", help="only the peak memory of streaming at these transcript "
+                    "counts, expression.py as of --rev against this checkout's")
+    ap.add_argument("--rev", default="3a0d2c6", help="the git revision to compare with (--scaling)")
     args = ap.parse_args()
+    if args.scaling:
+        scaling([int(float(v)) for v in args.scaling.split(",")], args.cells, args.rev)
+        return
     n_tx = int(args.transcripts)
     t = time.perf_counter()
     table, ids = make_table(n_tx, args.cells)
@@ -114,9 +154,9 @@ def main() -> None:
         if streamed.sum() != ours.sum():
             raise SystemExit("streaming and whole-file counts differ")
 
-        idle, _ = peak_rss(path, args.cells, "idle")
+        idle, _, _ = peak_rss(path, args.cells, "idle")
         rss = {how: peak_rss(path, args.cells, how) for how in ("whole", "stream")}
-        for how, (peak, total) in rss.items():
+        for how, (peak, total, _) in rss.items():
             print(f"peak memory, {how:>6}: {(peak - idle) / 1e6:7.0f} MB above an idle interpreter "
                   f"({(peak - idle) / n_tx:.1f} bytes per transcript)")
         print(f"  streaming needs {(rss['whole'][0] - idle) / max(rss['stream'][0] - idle, 1):.1f}x less")

@@ -207,7 +207,21 @@ def check_counts(X, sample_id: str, file: str) -> sp.csr_matrix:
         raise SampleError(sample_id, file, f"{int((data < 0).sum())} expression values are negative")
     if X.nnz == 0 or X.sum() == 0:
         raise SampleError(sample_id, file, "all expression values are zero")
-    return X.astype(np.int32)
+    return X.astype(np.int32, copy=False)   # a copy only when the values are not int32 yet
+
+
+def _permute_columns(X: sp.csr_matrix, order: np.ndarray, in_place: bool) -> sp.csr_matrix:
+    """``X[:, order]`` for a permutation ``order``, in new arrays unless ``in_place``: the column
+    indices renumbered, entries left in their order within rows, exactly as scipy's column
+    indexing leaves them (so sums over them, and the labels, do not move), without its
+    matrix-sized temporaries."""
+    X = sp.csr_matrix(X)
+    new_col = np.empty(len(order), np.int32)
+    new_col[order] = np.arange(len(order), dtype=np.int32)
+    indices = new_col[X.indices].astype(X.indices.dtype, copy=False)
+    if in_place:
+        return sp.csr_matrix((X.data, indices, X.indptr), shape=X.shape)
+    return sp.csr_matrix((X.data.copy(), indices, X.indptr.copy()), shape=X.shape)
 
 
 def align_expression(X: sp.csr_matrix, expr_ids: pd.Index, genes: list[str], nucleus_ids: pd.Index,
@@ -230,6 +244,8 @@ def align_expression(X: sp.csr_matrix, expr_ids: pd.Index, genes: list[str], nuc
     if len(set(genes)) != len(genes):
         raise SampleError(sample_id, file, "duplicate gene names")
     order = np.argsort(genes.astype(str), kind="stable")
-    adata = ad.AnnData(X=X[pos][:, order], obs=pd.DataFrame(index=pd.Index(nucleus_ids, dtype=str)),
+    same_rows = len(pos) == X.shape[0] and bool((pos == np.arange(len(pos))).all())
+    X = _permute_columns(X if same_rows else X[pos], order, in_place=not same_rows)
+    adata = ad.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(nucleus_ids, dtype=str)),
                        var=pd.DataFrame(index=pd.Index(genes[order], dtype=str)))
     return adata, {"cells_without_nucleus": int(len(expr_ids) - len(nucleus_ids))}
