@@ -143,7 +143,8 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                     t1 = clock()
                     classes = I.instance_classes(b["cell_ids"][j], I._labels_for(labels, b["sample_id"][j]))
                     t2 = clock()
-                    img, inst, _ = I.augment_shape(img, inst, I.patch_rng(0, 0, str(b["patch_id"][j])))
+                    img, inst, _, _ = I.augment_shape(img, inst, I.patch_rng(0, 0, str(b["patch_id"][j])),
+                                                      defer_image=True)
                     t3 = clock()
                     if out is None:
                         out = I._empty_batch(len(rows), *inst.shape)
@@ -284,7 +285,7 @@ def main() -> None:
           + f"  (sum {sum(stages.values()):.2f})")
     print(f"  train worker's side (to_model: widen, colour jitter, normalise), torch on this CPU: "
           f"{on_device:.2f} ms/sample")
-    print(f"  target ingest >= 0.6x ceiling: {'met' if ratio >= 0.6 else 'NOT met'} ({ratio:.2f})")
+    print(f"  target ingest >= 0.6x ceiling: {'met' if ratio >= 0.6 else 'NOT met'} ({ratio:.3f})")
     if old:
         print(f"  {args.baseline}: ceiling {old['ceiling']:.1f}, ingest {old['ingest']:.1f} samples/s/core, "
               f"ingest / ceiling = {old['ratio']:.2f};  this code's ingest = "

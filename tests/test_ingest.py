@@ -343,6 +343,19 @@ def test_stain_jitter_equals_the_reference():
             assert np.abs(got - _ref_stain_jitter(x, scale, shift)).max() < 0.01
 
 
+def test_geometry_on_the_device_equals_the_cpu_dihedral():
+    import torch
+
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
+    codes = [(k, h, v) for k in range(4) for h in (False, True) for v in (False, True)]
+    for start in (0, 8):
+        geo = np.array(codes[start:start + 8], np.int8)
+        got = A.apply_geometry(torch.from_numpy(imgs), torch.from_numpy(geo)).numpy()
+        for i, (k, h, v) in enumerate(codes[start:start + 8]):
+            assert np.array_equal(got[i], A._dihedral(imgs[i], k, h, v)), (k, h, v)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, bool])
 def test_dihedral_equals_numpy_rot90_and_flips(dtype):
     rng = np.random.default_rng(1)
@@ -386,12 +399,12 @@ def test_normalise_into_a_batch_row_and_the_widened_batch_equals_stacked_samples
             assert np.array_equal(tgt[k][i].numpy(), s[k]), k
         assert np.abs(tgt["hv"][i].numpy() - s["hv"]).max() <= 2.0 ** -11
         assert tgt["tissue"][i] == s["tissue"]
-        # the CPU sends the image with only the pixels moved; the colour is the device's work
-        geo = A._dihedral(decode_image(sub["image"][i]), *A._draw_geometric(
-            I.patch_rng(4, [0, 1, 2, 0, 1][i], sub["patch_id"][i]), A.AugmentConfig()))
-        assert np.array_equal(b["image"][i], geo)
-    plain = I.transform_batch(sub, labels, seed=4, config=A.AugmentConfig().geometric_only())
-    assert "colour" not in plain
+        # the CPU sends the image as decoded: moving and colouring it is the device's work
+        assert np.array_equal(b["image"][i], decode_image(sub["image"][i]))
+        assert tuple(b["geometry"][i]) == A._draw_geometric(I.patch_rng(4, [0, 1, 2, 0, 1][i], sub["patch_id"][i]),
+                                                            A.AugmentConfig())
+    plain = I.transform_batch(sub, labels, seed=4, config=A.AugmentConfig().geometric_only(), augment=False)
+    assert "colour" not in plain and "geometry" not in plain
     x, _ = I.to_model({k: torch.from_numpy(v) for k, v in plain.items()})
     assert np.array_equal(x.numpy(), np.stack([A.normalise(im) for im in plain["image"]]))
 

@@ -227,10 +227,14 @@ def _draw_geometric(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[int, 
 
 
 def augment_shape(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
-                  config: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(image (H, W, 3) uint8, instance map (H, W)) -> (augmented image, augmented instance map,
-    colour parameters or None): the geometric and albumentations ops done, the colour jitter only
-    drawn (:func:`colour_params`) for :func:`apply_colour` to do where the batch is used.
+                  config: AugmentConfig | None = None, defer_image: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, bool, bool] | None]:
+    """(image (H, W, 3) uint8, instance map (H, W)) -> (image, augmented instance map, colour
+    parameters or None, geometry or None): the geometric and albumentations ops done, the colour
+    jitter only drawn (:func:`colour_params`) for :func:`apply_colour` to do where the batch is
+    used. With ``defer_image`` (a square image, no albumentations op on) the image is returned as
+    given and ``geometry`` = (k, hflip, vflip) for :func:`apply_geometry` to do there too; else the
+    image is moved here and ``geometry`` is None.
 
     rot90 by k ~ U{0..3}, horizontal flip, vertical flip (the same for both arrays), then the
     albumentations ops that ``config`` turns on (:func:`quality_and_shape`). Targets are to be
@@ -242,17 +246,36 @@ def augment_shape(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
         raise ValueError(f"image {image.shape} and instance map {inst.shape} differ in size")
     geo = _draw_geometric(rng, cfg)
     colour = colour_params(image, rng, cfg)
-    image, inst = _dihedral(image, *geo), _dihedral(inst, *geo)
+    defer = defer_image and not cfg.quality_ops() and inst.shape[0] == inst.shape[1]
+    inst = _dihedral(inst, *geo)
+    if not defer:
+        image = _dihedral(image, *geo)
     if cfg.quality_ops():
         image, inst = quality_and_shape(image, inst, rng, cfg)
-    return image, inst, colour
+    return image, inst, colour, (geo if defer else None)
+
+
+def apply_geometry(x, geometry):
+    """:func:`_dihedral` of each image of a torch batch ``x`` (B, H, W, C), H = W, on its device:
+    ``geometry`` (B, 3) = (k, hflip, vflip) per image, as :func:`augment_shape` returns it."""
+    import torch
+
+    g = geometry.to("cpu").tolist()
+    out = torch.empty_like(x)
+    for code in set(map(tuple, g)):
+        rows = torch.tensor([i for i, r in enumerate(g) if tuple(r) == code], device=x.device)
+        k, hflip, vflip = code
+        y = torch.rot90(x.index_select(0, rows), int(k), dims=(1, 2))
+        y = y.flip(2) if hflip else y
+        out[rows] = y.flip(1) if vflip else y
+    return out
 
 
 def augment(image: np.ndarray, inst: np.ndarray, rng: np.random.Generator,
             config: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W, 3) uint8, instance map (H, W)) -> augmented copies, still aligned pixel for
     pixel: :func:`augment_shape`, then its colour jitter applied to the image (uint8)."""
-    image, inst, colour = augment_shape(image, inst, rng, config)
+    image, inst, colour, _ = augment_shape(image, inst, rng, config)
     return colour_image(image, colour), inst
 
 

@@ -41,7 +41,8 @@ from stx_platform.organs import canonical_organ
 from stx_platform.patches.schema import decode_image, decode_instance_map
 from stx_platform.targets import targets
 from stx_platform.taxonomy import UNKNOWN
-from stx_platform.training.augmentation import AugmentConfig, apply_colour, augment_shape, colour_image, normalise
+from stx_platform.training.augmentation import (AugmentConfig, apply_colour, apply_geometry, augment_shape, colour_image,
+                                                normalise)
 
 #: PanNuke's 19 tissues in CellViT's tissue-head order (alphabetical, as CellViT's dataset config).
 PANNUKE_TISSUES: tuple[str, ...] = (
@@ -170,18 +171,20 @@ _augment = augment_shape    # the name ``augment`` is also a parameter below
 # ---------------------------------------------------------------- samples
 
 def _prepare(record: Mapping, labels, rng: np.random.Generator | None, augment: bool,
-             config: AugmentConfig | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+             config: AugmentConfig | None, defer_image: bool = False) -> tuple:
     """Decode, label join and augmentation of one record -> (RGB uint8 image, instance map,
-    classes, colour parameters still to apply or None)."""
+    classes, colour parameters still to apply or None, geometry still to apply to the image or
+    None: see :func:`~stx_platform.training.augmentation.augment_shape`)."""
     img = decode_image(record["image"])
     inst = decode_instance_map(record["instance_map"], dtype=None)
     classes = instance_classes(record["cell_ids"], _labels_for(labels, record.get("sample_id")))
-    colour = None
+    colour = geometry = None
     if augment:
-        img, inst, colour = _augment(img, inst, rng if rng is not None else np.random.default_rng(), config)
+        img, inst, colour, geometry = _augment(img, inst, rng if rng is not None else np.random.default_rng(), config,
+                                               defer_image)
     elif img.shape[:2] != inst.shape:
         raise ValueError(f"image {img.shape} and instance map {inst.shape} differ in size")
-    return img, inst, classes, colour
+    return img, inst, classes, colour, geometry
 
 
 def make_sample(record: Mapping, labels, rng: np.random.Generator | None = None, augment: bool = True,
@@ -194,7 +197,7 @@ def make_sample(record: Mapping, labels, rng: np.random.Generator | None = None,
     ``labels``: a Series of class names indexed by cell id (this slide's), a mapping
     ``{sample_id: Series}``, or None (every nucleus Unknown).
     """
-    img, inst, classes, colour = _prepare(record, labels, rng, augment, config)
+    img, inst, classes, colour, _ = _prepare(record, labels, rng, augment, config)
     out = targets(inst, classes)
     if colour is None:
         out["image"] = normalise(img)
@@ -218,19 +221,26 @@ def patch_rng(seed: int, epoch: int, patch_id: str) -> np.random.Generator:
 #: 256 px sample against 2.36 MB as float32 / int64 (hv in fp16 rounds by at most 2**-11 = 4.9e-4
 #: on its [-1, 1] range); ``colour`` (96 bytes) only in augmented batches with colour jitter on.
 SENT_DTYPES = {"image": np.uint8, "binary": np.uint8, "hv": np.float16, "type": np.int8, "tissue": np.int64,
-               "colour": np.float32}
+               "colour": np.float32, "geometry": np.int8}
 
 
 def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augment: bool = True,
                     config: AugmentConfig | None = None, epoch: int | Sequence[int] = 0,
                     keep_ids: bool = False) -> dict[str, np.ndarray]:
     """A numpy batch of patch records (Ray Data ``batch_format="numpy"`` or columns read with
-    pyarrow) -> stacked training arrays in compact dtypes (:data:`SENT_DTYPES`): ``image``
-    (B, H, W, 3) uint8 RGB as decoded (the train worker makes it channels-first), not normalised; ``binary`` (B, H, W) uint8; ``hv`` (B, 2, H, W) float16;
-    ``type`` (B, H, W) int8 with -1 for Unknown; ``tissue`` (B,) int64; ``colour`` (B, 2, 3, 4)
-    float32, the colour jitter drawn but not applied (:func:`~stx_platform.training.augmentation.apply_colour`),
-    when augmenting with colour on; with ``keep_ids`` also ``sample_id`` / ``patch_id`` (B,) str. Each patch's augmentation is drawn from
-    :func:`patch_rng` (``epoch`` may be one int or one per row). :func:`to_model` turns a batch
+    pyarrow) -> stacked training arrays in compact dtypes (:data:`SENT_DTYPES`):
+
+    - ``image`` (B, H, W, 3) uint8 RGB, not normalised: as decoded when the batch has
+      ``geometry``, else with the geometric and albumentations ops done;
+    - ``binary`` (B, H, W) uint8; ``hv`` (B, 2, H, W) float16; ``type`` (B, H, W) int8 with -1 for
+      Unknown; all of the augmented instance map; ``tissue`` (B,) int64;
+    - when augmenting: ``geometry`` (B, 3) int8, the rot90 / flips still to apply to the image
+      (square patches without albumentations ops), and ``colour`` (B, 2, 3, 4) float32, the colour
+      jitter still to apply (with colour on);
+    - with ``keep_ids`` also ``sample_id`` / ``patch_id`` (B,) str.
+
+    Each patch's augmentation is drawn from :func:`patch_rng` (``epoch`` may be one int or one
+    per row). :func:`to_model` does what is left on the train worker's device and turns a batch
     into :func:`make_sample`'s values (normalised float32 image, int64 targets, float32 hv)."""
     n = len(batch["image"])
     epochs = np.broadcast_to(np.asarray(epoch, np.int64), (n,))
@@ -240,14 +250,17 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     for i in range(n):
         rec = {k: batch[k][i] for k in keys}
         pid = str(rec.get("patch_id", i))
-        img, inst, classes, colour = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment, config)
+        img, inst, classes, colour, geometry = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment,
+                                                        config, defer_image=True)
         if not out:
-            out = _empty_batch(n, *inst.shape, colour is not None)
+            out = _empty_batch(n, *inst.shape, colour is not None, geometry is not None)
             hv = np.empty((2, *inst.shape), np.float32)    # hv_map works in float32; sent as fp16
         elif inst.shape != out["type"].shape[1:]:
             raise ValueError(f"patch {pid}: size {inst.shape} differs from the batch's {out['type'].shape[1:]}")
         if colour is not None:
             out["colour"][i] = colour
+        if geometry is not None:
+            out["geometry"][i] = geometry
         targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
         put_row(out, i, img, hv)
         out["tissue"][i] = tissue_index(rec.get("organ"))
@@ -270,10 +283,12 @@ def put_row(out: dict[str, np.ndarray], i: int, img: np.ndarray, hv: np.ndarray)
     torch.from_numpy(out["hv"][i]).copy_(torch.from_numpy(hv))
 
 
-def _empty_batch(n: int, h: int, w: int, colour: bool = False) -> dict[str, np.ndarray]:
+def _empty_batch(n: int, h: int, w: int, colour: bool = False, geometry: bool = False) -> dict[str, np.ndarray]:
     shapes = {"image": (n, h, w, 3), "binary": (n, h, w), "hv": (n, 2, h, w), "type": (n, h, w), "tissue": (n,)}
     if colour:
         shapes["colour"] = (n, 2, 3, 4)
+    if geometry:
+        shapes["geometry"] = (n, 3)
     return {k: np.empty(shape, SENT_DTYPES[k]) for k, shape in shapes.items()}
 
 
@@ -284,12 +299,14 @@ def _normalised(x):
 
 def to_model(batch: Mapping) -> tuple:
     """A batch of :func:`transform_batch`'s arrays as torch tensors (on the train worker's device)
-    -> (image float32 (B, 3, H, W) colour-jittered when the batch has ``colour`` and normalised to
-    [-1, 1] as :func:`normalise` does, targets ``{"binary": int64, "hv": float32, "type": int64,
-    "tissue": int64}``): the widening and the per-pixel colour work are done where the batch is
-    used (on a GPU, next to nothing), so the object store and the host-to-device copy carry the
-    compact dtypes and the CPU ingest only decodes, moves pixels and computes targets."""
-    x = batch["image"].permute(0, 3, 1, 2)
+    -> (image float32 (B, 3, H, W), moved by its ``geometry`` and colour-jittered by its ``colour``
+    when the batch has them, normalised to [-1, 1] as :func:`normalise` does; targets
+    ``{"binary": int64, "hv": float32, "type": int64, "tissue": int64}``). The widening and the
+    per-pixel image work are done where the batch is used (on a GPU, next to nothing), so the
+    object store and the host-to-device copy carry the compact dtypes and the CPU ingest only
+    decodes, moves the instance map and computes targets."""
+    x = batch["image"]
+    x = (apply_geometry(x, batch["geometry"]) if "geometry" in batch else x).permute(0, 3, 1, 2)
     x = _normalised(apply_colour(x, batch["colour"]) if "colour" in batch else x)
     tgt = {"binary": batch["binary"].long(), "hv": batch["hv"].float(), "type": batch["type"].long(),
            "tissue": batch["tissue"].long()}
