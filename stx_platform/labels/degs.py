@@ -24,7 +24,7 @@ def wilcoxon_scores(X: sp.spmatrix, clusters: np.ndarray) -> np.ndarray:
     nnz_per_gene = np.diff(X.indptr)
     col = np.repeat(np.arange(G), nnz_per_gene)
     key = _sort_key(col, X.data)
-    order = np.argsort(key)
+    order = np.argsort(key, kind="stable")  # runs of sorted genes: the stable sort is the faster
     key_s = key[order]
     col_s = col  # CSC: already grouped by gene, and the key sorts by gene first
     zeros = (N - nnz_per_gene).astype(np.float64)
@@ -50,7 +50,7 @@ def wilcoxon_scores(X: sp.spmatrix, clusters: np.ndarray) -> np.ndarray:
 
 def _sort_key(col: np.ndarray, vals: np.ndarray) -> np.ndarray:
     """One integer per entry that sorts as (gene, value), for a single argsort instead of a
-    lexsort (6x faster). float32 values: the gene in the high 32 bits, the value's bits mapped to
+    lexsort (~1.7x faster at 5M entries). float32 values: the gene in the high 32 bits, the value's bits mapped to
     an order-preserving uint32 in the low ones (equal values, -0.0 and 0.0 included, get equal
     keys). Other dtypes: the gene times the count of distinct values plus the value's dense rank."""
     vals = np.asarray(vals)
