@@ -149,10 +149,11 @@ class _SeededRandom:
 
 def undirected_graph(conn: sp.spmatrix) -> tuple[ig.Graph, list[float]]:
     """The igraph graph and edge weights Leiden sees for a symmetric matrix: each pair once
-    (i < j) with twice its weight, self-loops once with theirs. The same graph, to the bit, as
-    scanpy's (every non-zero (i, j) an edge, so each pair twice with its weight) in half the
-    edges: node strengths, total weight and so the modularity are equal, and so is the partition
-    (tests/test_labels.py)."""
+    (i < j) with twice its weight, self-loops once with theirs. scanpy's graph has every non-zero
+    (i, j) as an edge, so each pair twice with its weight: node strengths, total weight and so the
+    modularity are the same, with half the edges to build and scan, and the partition is the same
+    (tests/test_labels.py; equal at 100k cells in bench/labels.py). Each pair once with its weight
+    as given would halve the strengths against the resolution, and gives other clusters."""
     coo = sp.coo_matrix(conn)
     upper = coo.row <= coo.col
     src, dst = coo.row[upper], coo.col[upper]
