@@ -153,7 +153,8 @@ def undirected_graph(conn: sp.spmatrix) -> tuple[ig.Graph, list[float]]:
     (i, j) as an edge, so each pair twice with its weight: node strengths, total weight and so the
     modularity are the same, with half the edges to build and scan, and the partition is the same
     (tests/test_labels.py; equal at 100k cells in bench/labels.py). Each pair once with its weight
-    as given would halve the strengths against the resolution, and gives other clusters."""
+    as given gives other clusters (ARI 0.70 at 100k cells): the refinement step weighs quality
+    gains against a fixed randomness (beta), so the weights' scale matters."""
     coo = sp.coo_matrix(conn)
     upper = coo.row <= coo.col
     src, dst = coo.row[upper], coo.col[upper]
