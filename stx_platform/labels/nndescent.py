@@ -1,11 +1,17 @@
 """pynndescent's kNN graph (what scanpy uses), compiled once per node instead of once per process.
 
 pynndescent compiles its numba kernels in every fresh process (a Ray slide task): ~5 CPU s of
-eagerly typed distances at import, ~15 CPU s of ``cache=False`` kernels and of the ``nn_descent``
-driver (never cacheable: it holds a global array) on the first graph. Here pynndescent is
+eagerly typed distances at import and ~15 CPU s on the first graph (``cache=False`` kernels, and
+a driver that numba cannot cache: a global array default, ``numba.get_num_threads`` inside, the
+distance passed as an argument, whose type numba keys per process). Here pynndescent is
 imported with ``numba.njit`` forced to ``cache=True`` and numba's cache directory pointed at a
-node-local folder, and the driver is declared again below without that global: the same calls
-and random stream, so the same graph as ``NNDescent(...).neighbor_graph`` (tests/test_labels.py).
+node-local folder, and the driver and the kernels that take the distance are declared again
+below without those: the same calls and random stream, so the same graph as
+``NNDescent(...).neighbor_graph`` (tests/test_labels.py). A fresh process with the cache filled
+pays ~1.7 CPU s of import and a first graph as fast as a warm one (20k cells, bench/labels.py
+for the whole pipeline). If pynndescent was imported before, its import was already paid, and
+only the driver below is cached; if this module is imported first, pynndescent's own kernels
+cache in the same folder for the rest of the process.
 
 Cache folder: ``$STX_NUMBA_CACHE_DIR`` (empty: no cache), else ``~/.cache/stx/numba``, else the
 temp dir; one subfolder per numba, pynndescent and Python version (a cached kernel embeds the
