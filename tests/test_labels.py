@@ -125,6 +125,56 @@ def test_preprocessing_pca_graph_and_clusters_agree_with_scanpy():
     assert np.all(np.diff(np.bincount(ours)) <= 0)  # numbered by size
 
 
+@pytest.mark.parametrize("resolution", [1.0, 4.0])
+def test_leiden_on_each_pair_once_equals_scanpys_graph_with_each_pair_twice(resolution):
+    """Each pair once with twice its weight (and a self-loop once): the same partition, exactly,
+    as the graph scanpy builds (every non-zero (i, j) of the matrix an edge)."""
+    import random
+
+    import igraph as ig
+
+    a, _ = _blobs(n=3000, genes=40, k=6, seed=2)
+    X = C.normalise_log1p(a.X)
+    conn = C.fuzzy_connectivities(*C.knn(C.pca(X, 20), 15)).tolil()
+    conn[[5, 17], [5, 17]] = 0.5  # self-loops count once in both
+    conn = conn.tocsr()
+    src, dst = conn.nonzero()
+    g = ig.Graph(n=conn.shape[0], edges=list(zip(src, dst)), directed=False)
+    ig.set_random_number_generator(C._SeededRandom(0))
+    try:
+        ref = g.community_leiden(objective_function="modularity", weights=np.asarray(conn[src, dst]).ravel(),
+                                 resolution=resolution, n_iterations=2).membership
+    finally:
+        ig.set_random_number_generator(random)
+    g1, w1 = C.undirected_graph(conn)
+    assert g1.ecount() == (len(src) + 2) // 2
+    ours = C.leiden(conn, resolution, 0)
+    assert len(np.unique(ours)) > 3
+    np.testing.assert_array_equal(pd.crosstab(ours, np.asarray(ref)).gt(0).sum(1), 1)  # same partition
+    np.testing.assert_array_equal(pd.crosstab(np.asarray(ref), ours).gt(0).sum(1), 1)
+
+
+def test_nndescent_graph_equals_pynndescents_and_cache_dir_falls_back(tmp_path, monkeypatch):
+    """The per-node-compiled driver gives NNDescent's graph, to the bit; an unwritable cache
+    folder means no cache, not an error."""
+    from pynndescent import NNDescent
+
+    from stx_platform.labels.nndescent import cache_dir, neighbor_graph
+
+    pcs = np.random.default_rng(4).normal(size=(3000, 12)).astype(np.float32)
+    ref = NNDescent(pcs, n_neighbors=16, metric="euclidean", random_state=3, low_memory=True, n_trees=8,
+                    n_iters=11).neighbor_graph
+    idx, dist = neighbor_graph(pcs, 16, 3, n_trees=8, n_iters=11)
+    np.testing.assert_array_equal(idx, ref[0])
+    np.testing.assert_array_equal(dist, ref[1])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("STX_NUMBA_CACHE_DIR", str(blocker))
+    assert cache_dir() is None
+    monkeypatch.setenv("STX_NUMBA_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir().startswith(str(tmp_path / "c"))
+
+
 def test_exact_knn_orders_ties_by_index_whatever_the_row_order():
     """Duplicated cells are exact ties: self first, then the duplicates by index, on every CPU;
     permuting the cells permutes the distances and nothing else."""
@@ -157,6 +207,27 @@ def test_wilcoxon_scores_equal_scanpy_on_ties_and_zeros():
         ref = dict(zip(rg["names"][str(k)], rg["scores"][str(k)]))
         np.testing.assert_allclose(z[k], [ref[g] for g in a.var_names], rtol=1e-4, atol=1e-4)
     assert top_genes(z, a.var_names, 3)[0] == list(a.var_names[np.argsort(-z[0], kind="stable")[:3]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wilcoxon_scores_equal_rankdata_z_scores(dtype):
+    """The one-key sort of the non-zero entries ranks as scipy's rankdata over each whole gene
+    (average ranks on ties, zeros included), for float32 (bit-packed key) and other dtypes."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    n, g, k = 500, 9, 4
+    dense = rng.choice([0, 0, 0, 0.5, 1.0, 1.5, 2.0], size=(n, g)) * rng.choice([1, 1, 1.0001], size=(n, g))
+    dense[:, 0] = 0  # a gene without counts
+    dense[:, 1] = 1.25  # a gene without zeros, all tied
+    dense = dense.astype(dtype)
+    grp = rng.integers(0, k, n)
+    z = wilcoxon_scores(sp.csr_matrix(dense), grp)
+    r = np.column_stack([rankdata(dense[:, j]) for j in range(g)])
+    n_k = np.bincount(grp)[:, None].astype(float)
+    R = np.stack([r[grp == c].sum(0) for c in range(k)])
+    ref = (R - n_k * (n + 1) / 2) / np.sqrt(n_k * (n - n_k) * (n + 1) / 12)
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_votes_follow_the_formula_fallback_unknown_and_neoplastic():
