@@ -1,6 +1,7 @@
 """The paper's label generation: clustering and DEGs equal scanpy's, voting and refinement as
 the formulas say, stage caches, label table contract, config, errors."""
 
+import os
 import warnings
 
 import anndata as ad
@@ -154,19 +155,26 @@ def test_leiden_on_each_pair_once_equals_scanpys_graph_with_each_pair_twice(reso
     np.testing.assert_array_equal(pd.crosstab(np.asarray(ref), ours).gt(0).sum(1), 1)
 
 
-def test_nndescent_graph_equals_pynndescents_and_cache_dir_falls_back(tmp_path, monkeypatch):
-    """The per-node-compiled driver gives NNDescent's graph, to the bit; an unwritable cache
-    folder means no cache, not an error."""
+def test_nndescent_graph_is_pynndescents_and_its_kernels_cache_on_the_nodes_disk(tmp_path, monkeypatch):
+    """The graph is NNDescent's; a fresh process (a Ray slide task) writes pynndescent's kernels
+    to the node's cache folder for the next one; an unwritable folder means no cache, not an error."""
+    import subprocess
+    import sys
+
     from pynndescent import NNDescent
-
     from stx_platform.labels.nndescent import cache_dir, neighbor_graph
-
     pcs = np.random.default_rng(4).normal(size=(3000, 12)).astype(np.float32)
     ref = NNDescent(pcs, n_neighbors=16, metric="euclidean", random_state=3, low_memory=True, n_trees=8,
                     n_iters=11).neighbor_graph
     idx, dist = neighbor_graph(pcs, 16, 3, n_trees=8, n_iters=11)
     np.testing.assert_array_equal(idx, ref[0])
     np.testing.assert_array_equal(dist, ref[1])
+    code = ("import numpy as np; from stx_platform.labels.nndescent import neighbor_graph; "
+            "neighbor_graph(np.random.default_rng(0).normal(size=(500, 5)).astype(np.float32), 6, 0, 2, 3)")
+    env = {**os.environ, "STX_NUMBA_CACHE_DIR": str(tmp_path / "c"), "NUMBA_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    cached = [f for _, _, fs in os.walk(tmp_path / "c") for f in fs if f.endswith(".nbc")]
+    assert len(cached) > 20, cached                  # pynndescent's kernels, compiled machine code
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("STX_NUMBA_CACHE_DIR", str(blocker))
