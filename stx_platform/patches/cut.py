@@ -303,19 +303,38 @@ def _rasterise(pts: np.ndarray, starts: np.ndarray, x: int, y: int, grid: Grid) 
     return _fill_flat((pts - off) / k - 0.5, starts, (grid.size, grid.size))
 
 
+@numba.njit(cache=True, nogil=True)
+def _id_counts(imap, n):
+    """Pixels per id 0..n of a label map (np.bincount without its int64 copy of the map)."""
+    cnt = np.zeros(n + 1, np.int64)
+    for v in imap.ravel():
+        cnt[v] += 1
+    return cnt
+
+
+@numba.njit(cache=True, nogil=True)
+def _relabel(imap, lut, out):
+    """``out[...] = lut[imap]`` in one pass, into ``out``'s (smaller) dtype."""
+    src, dst = imap.ravel(), out.ravel()
+    for i in range(src.shape[0]):
+        dst[i] = lut[src[i]]
+    return out
+
+
 def _instances(x: int, y: int, config: PatchConfig, grid: Grid, idx: np.ndarray, within: np.ndarray,
                pts: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Instance map and the kept nuclei's slide indices and within-flags; None below min_nuclei."""
+    """Instance map (in the smallest unsigned dtype that holds its ids, as it is stored) and the kept
+    nuclei's slide indices and within-flags; None below min_nuclei."""
     imap = _rasterise(pts, starts, x, y, grid)
-    present = np.bincount(imap.ravel(), minlength=len(idx) + 1)[1:] > 0
+    present = _id_counts(imap, len(idx))[1:] > 0
     n = int(present.sum())
     if n < config.min_nuclei:
         return None
-    if n < len(idx):  # renumber: drop instances overwritten by later ones / without pixels
-        lut = np.zeros(len(idx) + 1, np.int32)
-        lut[1:][present] = np.arange(1, n + 1, dtype=np.int32)
-        imap = lut[imap]
-    return imap, idx[present], within[present]
+    # renumber 1..n, dropping instances overwritten by later ones / left without pixels
+    lut = np.zeros(len(idx) + 1, np.int32)
+    lut[1:][present] = np.arange(1, n + 1, dtype=np.int32)
+    dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.int32
+    return _relabel(imap, lut, np.empty(imap.shape, dtype)), idx[present], within[present]
 
 
 def _cell_id_strings(sample) -> np.ndarray:
