@@ -25,7 +25,7 @@ from stx_platform.patches import (
     plan_patches,
     records_to_table,
 )
-from stx_platform.patches.cut import tissue_mask, tissue_share
+from stx_platform.patches.cut import _TISSUE, tissue_mask, tissue_share
 from stx_platform.sources import list_samples, read_sample
 from stx_platform.sources.wsi import WSI, write_pyramid_tiff
 
@@ -167,6 +167,13 @@ def test_tissue_share_is_the_tissue_masks_mean():
     img[20:40] = PINK
     img[40:45] = (10, 5, 12)  # dark artefact: saturated but too dark
     assert tissue_share(img) == tissue_mask(img).mean() and 0.1 < tissue_share(img) < 0.9
+    every = np.empty((256, 256, 256, 3), np.uint8)  # all 2^24 colours: the share's table is cv2's HSV rule
+    every[..., 0], every[..., 1], every[..., 2] = np.ix_(*[np.arange(256, dtype=np.uint8)] * 3)
+    every = every.reshape(4096, 4096, 3)
+    mask = tissue_mask(every)
+    r, g, b = every[..., 0], every[..., 1], every[..., 2]
+    assert np.array_equal(_TISSUE[np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)].view(bool), mask)
+    assert tissue_share(every) == mask.mean() and tissue_share(every[::-1, ::3]) == mask[::-1, ::3].mean()
 
 
 # ---------------------------------------------------------------- schema

@@ -75,11 +75,34 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     return (hsv[..., 1] >= TISSUE_MIN_SATURATION) & (hsv[..., 2] >= TISSUE_MIN_VALUE)
 
 
+def _tissue_table() -> np.ndarray:
+    """uint8 (256, 256): ``tissue_mask`` of the colour (v, m, m) at [v, m]. cv2's 8-bit HSV
+    saturation and value depend only on a pixel's largest and smallest channel, so this table
+    decides every colour (a test checks all 2^24 against ``tissue_mask``)."""
+    v, m = np.mgrid[:256, :256]
+    m = np.minimum(m, v)
+    return tissue_mask(np.stack([v, m, m], -1).astype(np.uint8)).astype(np.uint8)
+
+
+_TISSUE = _tissue_table()
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_tissue(rgb, table):
+    n = 0
+    for px in rgb.reshape(-1, 3):
+        a, b, c = px[0], px[1], px[2]
+        n += table[max(a, b, c), min(a, b, c)]
+    return n
+
+
 def tissue_share(rgb: np.ndarray) -> float:
-    """``tissue_mask(rgb).mean()``, in about half the time (cv2 counts instead of numpy masks)."""
-    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    inside = cv2.inRange(hsv, (0, TISSUE_MIN_SATURATION, TISSUE_MIN_VALUE), (255, 255, 255))
-    return cv2.countNonZero(inside) / max(inside.size, 1)
+    """``tissue_mask(rgb).mean()`` of an RGB uint8 image, in one compiled pass through a
+    (largest, smallest channel) table: ~3x faster than cv2's HSV conversion and count."""
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
+    return _count_tissue(rgb, _TISSUE) / max(rgb.shape[0] * rgb.shape[1], 1)
 
 
 @dataclass(frozen=True)
