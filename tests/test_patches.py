@@ -122,6 +122,34 @@ def test_image_round_trips():
             decode_image(bad)
 
 
+def test_png_is_lossless_standard_and_old_pngs_still_decode():
+    """encode_image's PNGs (Sub rows + libdeflate) hold the exact pixels at every level, read the
+    same in cv2 and PIL (which check chunk CRCs) and through the fast path; PNGs as cv2 wrote them
+    for earlier shards decode to the same pixels."""
+    import io
+
+    from PIL import Image
+
+    from stx_platform.patches import schema as S
+
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), np.full((1, 1, 3), 7, np.uint8),
+            rng.integers(0, 256, (1, 300, 3), dtype=np.uint8), rng.integers(0, 256, (300, 1, 3), dtype=np.uint8),
+            np.zeros((256, 256, 3), np.uint8), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+            np.ascontiguousarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)[::-1, ::2])]
+    for img in imgs:
+        for level in (None, 0, 6, 12):
+            data = encode_image(img, "png", png_compression=level)
+            fast = S._png_rgb8(memoryview(data))
+            assert fast is not None and np.array_equal(fast, img) and np.array_equal(decode_image(data), img)
+            assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1], img)
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), img)
+        old = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))[1].tobytes()
+        assert np.array_equal(decode_image(old), img)
+    with pytest.raises(ValueError):
+        encode_image(imgs[0], "png", png_compression=13)
+
+
 @pytest.mark.parametrize("max_id", [0, 7, 255, 300, 70_000])
 @pytest.mark.parametrize("method", ["zstd", "zlib", "png"])
 def test_instance_map_round_trips(max_id, method):
