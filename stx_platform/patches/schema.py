@@ -35,8 +35,11 @@ in brackets the same on the 15 real NuCLS H&E tiles (shared/data/real, 256 px cr
 - ``PatchConfig.image_format`` picks the image codec; the choice travels in every record
   (``image_format``) and in the shard's config metadata, and :func:`decode_image` reads all
   three by their signature. Cutting a whole shard (``bench/build.py --baseline 3a0d2c6``, one
-  core, medians of 3 turns) runs at 260 patches/s with PNG, 312 with QOI and 359 with JPEG q95
-  (3a0d2c6 in the same run: 133 with PNG, 188 with JPEG), at 84.4 / 92.0 / 18.5 kB per patch.
+  core, medians of 3 turns, two runs) runs at 257-260 patches/s with PNG, 290-312 with QOI and
+  356-359 with JPEG q95 (3a0d2c6 in the same runs: 128-133 with PNG, 188-197 with JPEG), at
+  84.4 / 92.0 / 18.5 kB per patch. Per PNG patch (cProfile, CPU time) about 1.5 ms go to
+  decoding the slide's LZW tiles (1.3 tiles of ~1.0 ms), 1.2-1.3 ms to the PNG and 0.5 ms to
+  resampling, which leaves PNG short of 360 patches/s/core on this machine.
 - Images default to **PNG**: lossless, so a patch holds exactly the slide's pixels and
   re-cutting is reproducible bit for bit; scanned WSIs are usually JPEG-compressed already, and
   a second lossy pass adds artefacts at the nucleus edges the model learns (CellViT's own
