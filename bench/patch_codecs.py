@@ -3,17 +3,18 @@
 Builds a synthetic HEST-layout slide (or uses ``--sample ROOT#ID``), cuts its patches with
 ``patches_for_sample`` (PanNuke-like defaults, overlap added when needed to reach ``--patches``
 patches) on one core, then encodes the ~200 patch images and instance maps with each candidate
-codec and reports mean bytes/patch and encode / decode time per patch (best of 3 passes):
+codec and reports mean bytes/patch and encode / decode CPU time per patch (best of 3 passes):
 
-- images: PNG at cv2's default compression, PNG compression 1, JPEG q90 / q95 (with PSNR), QOI,
-  and raw + zstd (imagecodecs);
+- images: PNG as encode_image writes it (Sub rows, libdeflate level 1, 3 or 6), PNG by cv2 (its
+  default, as shards were written before, and compression 1), lossless WebP, JPEG q90 / q95
+  (with PSNR), QOI, and raw + zstd (imagecodecs);
 - instance maps: PNG 16-bit, PNG 8-bit when ids < 256 (else 16-bit), raw int32 + zlib, raw
   uint16 + zlib, and raw in the smallest dtype that holds the ids + zlib (the old default) or
   zstd (the default).
 
     python bench/patch_codecs.py                 # ~30 s on one core
     python bench/patch_codecs.py --cells 1500    # quicker
-    python bench/patch_codecs.py --real ../shared/data/real/he_histo_300x500.jpg  # + real H&E crops
+    python bench/patch_codecs.py --real ../shared/data/real/nucls_breast/*/*.png  # + real H&E crops
 """
 
 from __future__ import annotations
@@ -28,17 +29,17 @@ import numpy as np
 from stx_platform.patches import PatchConfig, decode_image, decode_instance_map, encode_image, encode_instance_map
 from stx_platform.patches.cut import patches_for_sample, plan_patches
 
-from imagecodecs import zstd_decode, zstd_encode
+from imagecodecs import webp_decode, webp_encode, zstd_decode, zstd_encode
 
 
 def _timed(fn, items, repeat: int = 3) -> tuple[list, float]:
-    """Results of fn over items and the best-of-``repeat`` time per item, in microseconds."""
+    """Results of fn over items and the best-of-``repeat`` CPU time per item, in microseconds."""
     best = float("inf")
     out = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         out = [fn(it) for it in items]
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     return out, best / max(len(items), 1) * 1e6
 
 
@@ -55,9 +56,16 @@ def image_codecs() -> list[tuple[str, callable, callable]]:
         shape["s"] = rgb.shape
         return comp(rgb.tobytes())
 
+    def cv2_png(params):
+        return lambda im: cv2.imencode(".png", np.ascontiguousarray(im[..., ::-1]), params)[1].tobytes()
+
     return [
-        ("PNG (cv2 default)", lambda im: encode_image(im, "png"), decode_image),
-        ("PNG compression 1", lambda im: encode_image(im, "png", png_compression=1), decode_image),
+        ("PNG Sub + libdeflate 1 (default)", lambda im: encode_image(im, "png"), decode_image),
+        ("PNG Sub + libdeflate 3", lambda im: encode_image(im, "png", png_compression=3), decode_image),
+        ("PNG Sub + libdeflate 6", lambda im: encode_image(im, "png", png_compression=6), decode_image),
+        ("PNG cv2 default (older shards)", cv2_png([]), decode_image),
+        ("PNG cv2 compression 1", cv2_png([cv2.IMWRITE_PNG_COMPRESSION, 1]), decode_image),
+        ("WebP lossless (method 0)", lambda im: webp_encode(im, level=0, lossless=True, method=0), webp_decode),
         ("JPEG q90", lambda im: encode_image(im, "jpeg", 90), decode_image),
         ("JPEG q95", lambda im: encode_image(im, "jpeg", 95), decode_image),
         ("QOI", lambda im: encode_image(im, "qoi"), decode_image),
@@ -95,7 +103,8 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--patches", type=int, default=200)
-    ap.add_argument("--real", help="an RGB H&E image file: also report image codec sizes on its 256 px crops")
+    ap.add_argument("--real", nargs="+", help="RGB H&E image files: also report image codec sizes and times on "
+                                                 "their 256 px crops")
     args = ap.parse_args()
     cv2.setNumThreads(1)  # one core: what one Ray CPU worker gets
 
@@ -140,13 +149,18 @@ def main() -> None:
               f"{'lossless' if psnr == float('inf') else f'{psnr:.1f}':>8s}")
 
     if args.real:
-        real = cv2.imread(args.real, cv2.IMREAD_COLOR)[..., ::-1]
         s = 256
-        crops = [np.ascontiguousarray(real[y:y + s, x:x + s]) for y in range(0, real.shape[0] - s + 1, s // 4)
-                 for x in range(0, real.shape[1] - s + 1, s // 4)]
-        print(f"\n{len(crops)} overlapping {s} px crops of {args.real} (already JPEG-compressed at the source):")
-        for name, enc, _ in image_codecs():
-            print(f"{name:31s} {np.mean([len(enc(c)) for c in crops]):12,.0f}")
+        crops = []
+        for path in args.real:
+            real = cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1]
+            crops += [np.ascontiguousarray(real[y:y + s, x:x + s]) for y in range(0, real.shape[0] - s + 1, s // 2)
+                      for x in range(0, real.shape[1] - s + 1, s // 2)]
+        print(f"\n{len(crops)} overlapping {s} px crops of {len(args.real)} real image(s):")
+        print(f"{'image codec':31s} {'bytes/patch':>12s} {'encode us':>10s} {'decode us':>10s}")
+        for name, enc, dec in image_codecs():
+            blobs, t_enc = _timed(enc, crops)
+            _, t_dec = _timed(dec, blobs)
+            print(f"{name:31s} {np.mean([len(b) for b in blobs]):12,.0f} {t_enc:10,.0f} {t_dec:10,.0f}")
 
     print(f"\n{'instance map codec':31s} {'bytes/patch':>12s} {'encode us':>10s} {'decode us':>10s}")
     for name, enc, dec in map_codecs():

@@ -25,7 +25,7 @@ from stx_platform.patches import (
     plan_patches,
     records_to_table,
 )
-from stx_platform.patches.cut import tissue_mask, tissue_share
+from stx_platform.patches.cut import _TISSUE, tissue_mask, tissue_share
 from stx_platform.sources import list_samples, read_sample
 from stx_platform.sources.wsi import WSI, write_pyramid_tiff
 
@@ -122,6 +122,34 @@ def test_image_round_trips():
             decode_image(bad)
 
 
+def test_png_is_lossless_standard_and_old_pngs_still_decode():
+    """encode_image's PNGs (Sub rows + libdeflate) hold the exact pixels at every level, read the
+    same in cv2 and PIL (which check chunk CRCs) and through the fast path; PNGs as cv2 wrote them
+    for earlier shards decode to the same pixels."""
+    import io
+
+    from PIL import Image
+
+    from stx_platform.patches import schema as S
+
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), np.full((1, 1, 3), 7, np.uint8),
+            rng.integers(0, 256, (1, 300, 3), dtype=np.uint8), rng.integers(0, 256, (300, 1, 3), dtype=np.uint8),
+            np.zeros((256, 256, 3), np.uint8), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+            np.ascontiguousarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)[::-1, ::2])]
+    for img in imgs:
+        for level in (None, 0, 6, 12):
+            data = encode_image(img, "png", png_compression=level)
+            fast = S._png_rgb8(memoryview(data))
+            assert fast is not None and np.array_equal(fast, img) and np.array_equal(decode_image(data), img)
+            assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1], img)
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), img)
+        old = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))[1].tobytes()
+        assert np.array_equal(decode_image(old), img)
+    with pytest.raises(ValueError):
+        encode_image(imgs[0], "png", png_compression=13)
+
+
 @pytest.mark.parametrize("max_id", [0, 7, 255, 300, 70_000])
 @pytest.mark.parametrize("method", ["zstd", "zlib", "png"])
 def test_instance_map_round_trips(max_id, method):
@@ -169,6 +197,13 @@ def test_tissue_share_is_the_tissue_masks_mean():
     img[20:40] = PINK
     img[40:45] = (10, 5, 12)  # dark artefact: saturated but too dark
     assert tissue_share(img) == tissue_mask(img).mean() and 0.1 < tissue_share(img) < 0.9
+    every = np.empty((256, 256, 256, 3), np.uint8)  # all 2^24 colours: the share's table is cv2's HSV rule
+    every[..., 0], every[..., 1], every[..., 2] = np.ix_(*[np.arange(256, dtype=np.uint8)] * 3)
+    every = every.reshape(4096, 4096, 3)
+    mask = tissue_mask(every)
+    r, g, b = every[..., 0], every[..., 1], every[..., 2]
+    assert np.array_equal(_TISSUE[np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)].view(bool), mask)
+    assert tissue_share(every) == mask.mean() and tissue_share(every[::-1, ::3]) == mask[::-1, ::3].mean()
 
 
 # ---------------------------------------------------------------- schema
@@ -284,6 +319,91 @@ def test_fill_polygons_takes_pixel_centres_inside():
         ref[rr, cc] = j + 1  # later over earlier
     assert np.array_equal(fill_polygons(rings, ref.shape), ref)
     assert not fill_polygons([], (4, 4)).any()
+
+
+def _fill_polygons_numpy(rings, shape):
+    """The vectorised numpy scanline fill the compiled kernel replaced (reference for the test below)."""
+    H, W = shape
+    out = np.zeros(H * W, np.int32)
+    if not len(rings):
+        return out.reshape(H, W)
+    lens = np.fromiter((len(r) for r in rings), np.int64, len(rings))
+    pts = np.concatenate(rings).astype(np.float64)
+    start = np.cumsum(lens) - lens
+    nxt = np.arange(len(pts)) + 1
+    nxt[start + lens - 1] = start
+    x0, y0, x1, y1 = pts[:, 0], pts[:, 1], pts[nxt, 0], pts[nxt, 1]
+    r0 = np.clip(np.ceil(np.minimum(y0, y1)), 0, H).astype(np.int64)
+    r1 = np.clip(np.ceil(np.maximum(y0, y1)), 0, H).astype(np.int64)
+    n = np.maximum(r1 - r0, 0)
+    e = np.repeat(np.arange(len(pts)), n)
+    rows = np.arange(len(e)) - np.repeat(np.cumsum(n) - n, n) + r0[e]
+    xs = x0[e] + (rows - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
+    ring = np.repeat(np.arange(len(rings)), lens)[e]
+    order = np.lexsort((xs, rows, ring))
+    xs, rows, ring = xs[order], rows[order], ring[order]
+    c0 = np.clip(np.ceil(xs[0::2]), 0, W).astype(np.int64)
+    c1 = np.clip(np.ceil(xs[1::2]), 0, W).astype(np.int64)
+    L = np.maximum(c1 - c0, 0)
+    span = np.repeat(np.arange(len(L)), L)
+    cols = np.arange(len(span)) - np.repeat(np.cumsum(L) - L, L) + c0[span]
+    np.maximum.at(out, rows[0::2][span] * W + cols, (ring[0::2][span] + 1).astype(np.int32))
+    return out.reshape(H, W)
+
+
+def _fill_by_crossing_parity(rings, shape):
+    """Independent reference: a pixel centre (c, r) is inside a ring when an odd number of its
+    edges cross row r (``min(y0, y1) <= r < max(y0, y1)``) at x <= c; later rings win."""
+    H, W = shape
+    out = np.zeros(shape, np.int32)
+    cols = np.arange(W)
+    for j, ring in enumerate(rings):
+        inside = np.zeros(shape, bool)
+        for (x0, y0), (x1, y1) in zip(ring, np.roll(ring, -1, 0)):
+            for r in range(H):
+                if min(y0, y1) <= r < max(y0, y1):
+                    inside[r] ^= cols >= x0 + (r - y0) * (x1 - x0) / (y1 - y0)
+        out[inside] = j + 1
+    return out
+
+
+def test_fill_polygons_equals_the_numpy_scanline_fill_and_crossing_parity():
+    """The compiled fill gives the label map of the numpy fill it replaced, and of a per-pixel
+    crossing-parity test, pixel for pixel, on random rings: convex and concave (stars),
+    self-intersecting, overlapping and touching ones, ones crossing or lying outside the map,
+    vertices on pixel centres and half-pixels (ties of the half-open rule), horizontal and
+    vertical edges, closed rings (first point repeated) as the cutter passes them."""
+    rng = np.random.default_rng(7)
+    H, W = 48, 56
+    for trial in range(60):
+        rings = []
+        for _ in range(int(rng.integers(1, 30))):
+            kind = rng.integers(0, 5)
+            c = rng.uniform(-10, [W + 10, H + 10])
+            if kind == 0:      # star (concave), some running off the map
+                th = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 16))))
+                r = rng.uniform(1, 15) * rng.uniform(0.4, 1.2, len(th))
+                ring = np.c_[c[0] + r * np.cos(th), c[1] + r * np.sin(th)]
+            elif kind == 1:    # random vertices: self-intersecting
+                ring = c + rng.uniform(-12, 12, (int(rng.integers(3, 9)), 2))
+            elif kind == 2:    # integer / half-integer vertices: pixel centres and pixel edges
+                ring = np.round((c + rng.uniform(-10, 10, (int(rng.integers(3, 8)), 2))) * 2) / 2
+            elif kind == 3:    # axis-aligned box sharing an edge with the previous box
+                w, h = rng.integers(1, 12, 2)
+                ring = np.array([[0, 0], [w, 0], [w, h], [0, h]], float) + np.round(c)
+                if rings and trial % 2:
+                    prev = rings[-1]
+                    ring = ring - ring.min(0) + [prev[:, 0].max(), prev[:, 1].min()]
+            else:              # a closed shapely ring (first point repeated), as the cutter passes
+                ring = shapely.get_coordinates(shapely.buffer(shapely.points(c), rng.uniform(0.3, 9),
+                                                              quad_segs=int(rng.integers(1, 8))).exterior)
+            rings.append(ring)
+        got = fill_polygons(rings, (H, W))
+        assert got.dtype == np.int32 and np.array_equal(got, _fill_polygons_numpy(rings, (H, W))), trial
+        if trial % 4 == 0:
+            assert np.array_equal(got, _fill_by_crossing_parity(rings, (H, W))), trial
+    assert not fill_polygons([], (4, 4)).any()
+    assert fill_polygons([np.zeros((1, 2)), np.array([[1.0, 1.0], [3.0, 1.0]])], (4, 4)).sum() == 0
 
 
 def test_touches_border_overlap_and_order(tmp_path):

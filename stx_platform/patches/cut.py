@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 import pyarrow as pa
 import shapely
@@ -74,11 +75,34 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     return (hsv[..., 1] >= TISSUE_MIN_SATURATION) & (hsv[..., 2] >= TISSUE_MIN_VALUE)
 
 
+def _tissue_table() -> np.ndarray:
+    """uint8 (256, 256): ``tissue_mask`` of the colour (v, m, m) at [v, m]. cv2's 8-bit HSV
+    saturation and value depend only on a pixel's largest and smallest channel, so this table
+    decides every colour (a test checks all 2^24 against ``tissue_mask``)."""
+    v, m = np.mgrid[:256, :256]
+    m = np.minimum(m, v)
+    return tissue_mask(np.stack([v, m, m], -1).astype(np.uint8)).astype(np.uint8)
+
+
+_TISSUE = _tissue_table()
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_tissue(rgb, table):
+    n = 0
+    for px in rgb.reshape(-1, 3):
+        a, b, c = px[0], px[1], px[2]
+        n += table[max(a, b, c), min(a, b, c)]
+    return n
+
+
 def tissue_share(rgb: np.ndarray) -> float:
-    """``tissue_mask(rgb).mean()``, in about half the time (cv2 counts instead of numpy masks)."""
-    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    inside = cv2.inRange(hsv, (0, TISSUE_MIN_SATURATION, TISSUE_MIN_VALUE), (255, 255, 255))
-    return cv2.countNonZero(inside) / max(inside.size, 1)
+    """``tissue_mask(rgb).mean()`` of an RGB uint8 image, in one compiled pass through a
+    (largest, smallest channel) table: ~3x faster than cv2's HSV conversion and count."""
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
+    return _count_tissue(rgb, _TISSUE) / max(rgb.shape[0] * rgb.shape[1], 1)
 
 
 @dataclass(frozen=True)
@@ -212,65 +236,128 @@ def _resample(region: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if e > size else cv2.INTER_LINEAR)
 
 
+@numba.njit(cache=True, nogil=True)
+def _scanline_fill(pts, starts, out):
+    """Fill ring ``j`` (points ``pts[starts[j]:starts[j + 1]]``, closed) into ``out`` as ``j + 1``,
+    ring after ring, so later rings overwrite earlier ones. Per ring: the x of every edge crossing
+    each pixel-centre row (an edge from (x0, y0) to (x1, y1) crosses the rows r with
+    ``ceil(min(y0, y1)) <= r < ceil(max(y0, y1))``, at ``x0 + (r - y0) * (x1 - x0) / (y1 - y0)``),
+    bucketed by row and sorted, then each pair of crossings [xa, xb) fills columns
+    ``ceil(xa) .. ceil(xb) - 1``: even-odd, half-open, pixel centres, clipped to the map."""
+    h, w = out.shape
+    cnt = np.zeros(h + 1, np.int64)      # crossings per row, then the write cursor of each row
+    pos = np.zeros(h + 1, np.int64)      # first crossing of each row in xs
+    xs = np.empty(256, np.float64)
+    for j in range(starts.shape[0] - 1):
+        a, b = starts[j], starts[j + 1]
+        lo, hi = h, 0
+        for i in range(a, b):
+            n = i + 1 if i + 1 < b else a
+            y0, y1 = pts[i, 1], pts[n, 1]
+            r0 = int(min(max(np.ceil(min(y0, y1)), 0.0), float(h)))
+            r1 = int(min(max(np.ceil(max(y0, y1)), 0.0), float(h)))
+            if r1 > r0:
+                lo, hi = min(lo, r0), max(hi, r1)
+                for r in range(r0, r1):
+                    cnt[r] += 1
+        if hi <= lo:
+            continue
+        total = 0
+        for r in range(lo, hi):
+            pos[r] = total
+            total += cnt[r]
+            cnt[r] = pos[r]
+        pos[hi] = total
+        if total > xs.shape[0]:
+            xs = np.empty(2 * total, np.float64)
+        for i in range(a, b):
+            n = i + 1 if i + 1 < b else a
+            x0, y0, x1, y1 = pts[i, 0], pts[i, 1], pts[n, 0], pts[n, 1]
+            r0 = int(min(max(np.ceil(min(y0, y1)), 0.0), float(h)))
+            r1 = int(min(max(np.ceil(max(y0, y1)), 0.0), float(h)))
+            for r in range(r0, r1):
+                xs[cnt[r]] = x0 + (r - y0) * (x1 - x0) / (y1 - y0)
+                cnt[r] += 1
+        for r in range(lo, hi):
+            s, e = pos[r], pos[r + 1]
+            for k in range(s + 1, e):                # insertion sort: a row holds few crossings
+                v = xs[k]
+                m = k - 1
+                while m >= s and xs[m] > v:
+                    xs[m + 1] = xs[m]
+                    m -= 1
+                xs[m + 1] = v
+            for k in range(s, e - 1, 2):
+                c0 = int(min(max(np.ceil(xs[k]), 0.0), float(w)))
+                c1 = int(min(max(np.ceil(xs[k + 1]), 0.0), float(w)))
+                for c in range(c0, c1):
+                    out[r, c] = j + 1
+            cnt[r] = 0
+    return out
+
+
+def _fill_flat(pts: np.ndarray, starts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`fill_polygons` of rings given as one (n, 2) float64 array and ring offsets (r + 1)."""
+    return _scanline_fill(np.ascontiguousarray(pts, np.float64).reshape(-1, 2),
+                          np.ascontiguousarray(starts, np.int64), np.zeros(shape, np.int32))
+
+
 def fill_polygons(rings: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Label map (H, W) int32 with ring ``j`` (an (n, 2) array of x, y; integers = pixel centres)
-    filled as ``j + 1``, later rings over earlier ones, in one vectorised scanline pass.
+    filled as ``j + 1``, later rings over earlier ones, in one compiled scanline pass (numba).
 
     A pixel belongs to a polygon when its centre lies inside (even-odd rule, half-open in y and
     x), so a filled polygon keeps its area. ``cv2.fillPoly`` instead also takes every pixel its
     outline touches, growing shapes by about half a pixel all round: +7% area for a nucleus of
     14 px radius (3.5 um at 0.25 um/px), +23% at 5 px.
     """
-    H, W = shape
-    out = np.zeros(H * W, np.int32)
-    if not len(rings):
-        return out.reshape(H, W)
     lens = np.fromiter((len(r) for r in rings), np.int64, len(rings))
-    pts = np.concatenate(rings).astype(np.float64)
-    start = np.cumsum(lens) - lens
-    nxt = np.arange(len(pts)) + 1
-    nxt[start + lens - 1] = start                       # close every ring
-    x0, y0, x1, y1 = pts[:, 0], pts[:, 1], pts[nxt, 0], pts[nxt, 1]
-    # each edge crosses the pixel-centre rows r with min(y0, y1) <= r < max(y0, y1)
-    r0 = np.clip(np.ceil(np.minimum(y0, y1)), 0, H).astype(np.int64)
-    r1 = np.clip(np.ceil(np.maximum(y0, y1)), 0, H).astype(np.int64)
-    n = np.maximum(r1 - r0, 0)
-    e = np.repeat(np.arange(len(pts)), n)
-    rows = np.arange(len(e)) - np.repeat(np.cumsum(n) - n, n) + r0[e]
-    xs = x0[e] + (rows - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
-    ring = np.repeat(np.arange(len(rings)), lens)[e]
-    order = np.lexsort((xs, rows, ring))                  # crossings per (ring, row) come in pairs
-    xs, rows, ring = xs[order], rows[order], ring[order]
-    c0 = np.clip(np.ceil(xs[0::2]), 0, W).astype(np.int64)
-    c1 = np.clip(np.ceil(xs[1::2]), 0, W).astype(np.int64)
-    L = np.maximum(c1 - c0, 0)
-    span = np.repeat(np.arange(len(L)), L)
-    cols = np.arange(len(span)) - np.repeat(np.cumsum(L) - L, L) + c0[span]
-    # ids grow in drawing order, so "later over earlier" is the maximum
-    np.maximum.at(out, rows[0::2][span] * W + cols, (ring[0::2][span] + 1).astype(np.int32))
-    return out.reshape(H, W)
+    starts = np.zeros(len(rings) + 1, np.int64)
+    np.cumsum(lens, out=starts[1:])
+    pts = np.concatenate(rings) if len(rings) else np.zeros((0, 2))
+    return _fill_flat(pts, starts, shape)
 
 
-def _rasterise(rings: list[np.ndarray], x: int, y: int, grid: Grid) -> np.ndarray:
-    """Instance map (size x size int32) of level-0 rings for the window at (x, y)."""
+def _rasterise(pts: np.ndarray, starts: np.ndarray, x: int, y: int, grid: Grid) -> np.ndarray:
+    """Instance map (size x size int32) of level-0 rings (``pts``, ring offsets ``starts``) for the
+    window at (x, y)."""
     k = grid.extent / grid.size
     off = np.array([x - 0.5, y - 0.5])
-    return fill_polygons([(r - off) / k - 0.5 for r in rings], (grid.size, grid.size))
+    return _fill_flat((pts - off) / k - 0.5, starts, (grid.size, grid.size))
+
+
+@numba.njit(cache=True, nogil=True)
+def _id_counts(imap, n):
+    """Pixels per id 0..n of a label map (np.bincount without its int64 copy of the map)."""
+    cnt = np.zeros(n + 1, np.int64)
+    for v in imap.ravel():
+        cnt[v] += 1
+    return cnt
+
+
+@numba.njit(cache=True, nogil=True)
+def _relabel(imap, lut, out):
+    """``out[...] = lut[imap]`` in one pass, into ``out``'s (smaller) dtype."""
+    src, dst = imap.ravel(), out.ravel()
+    for i in range(src.shape[0]):
+        dst[i] = lut[src[i]]
+    return out
 
 
 def _instances(x: int, y: int, config: PatchConfig, grid: Grid, idx: np.ndarray, within: np.ndarray,
-               rings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Instance map and the kept nuclei's slide indices and within-flags; None below min_nuclei."""
-    imap = _rasterise(rings, x, y, grid)
-    present = np.bincount(imap.ravel(), minlength=len(idx) + 1)[1:] > 0
+               pts: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Instance map (in the smallest unsigned dtype that holds its ids, as it is stored) and the kept
+    nuclei's slide indices and within-flags; None below min_nuclei."""
+    imap = _rasterise(pts, starts, x, y, grid)
+    present = _id_counts(imap, len(idx))[1:] > 0
     n = int(present.sum())
     if n < config.min_nuclei:
         return None
-    if n < len(idx):  # renumber: drop instances overwritten by later ones / without pixels
-        lut = np.zeros(len(idx) + 1, np.int32)
-        lut[1:][present] = np.arange(1, n + 1, dtype=np.int32)
-        imap = lut[imap]
-    return imap, idx[present], within[present]
+    # renumber 1..n, dropping instances overwritten by later ones / left without pixels
+    lut = np.zeros(len(idx) + 1, np.int32)
+    lut[1:][present] = np.arange(1, n + 1, dtype=np.int32)
+    dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.int32
+    return _relabel(imap, lut, np.empty(imap.shape, dtype)), idx[present], within[present]
 
 
 def _cell_id_strings(sample) -> np.ndarray:
@@ -314,17 +401,20 @@ def _read_windows(wsi, origins: list[tuple[int, int]], extent: int) -> Iterator[
         i = j
 
 
-def _batch_geometry(sample, tree: STRtree, boxes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list]]:
+def _batch_geometry(sample, tree: STRtree, boxes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                            np.ndarray]]:
     """For each window: slide indices of intersecting nuclei (ascending), whether each lies
-    within the window, and their exterior rings; one vectorised tree query for all windows."""
+    within the window, and their exterior rings as one (n, 2) coordinate array with ring offsets;
+    one vectorised tree query for all windows."""
     win, nuc = tree.query(boxes, predicate="intersects")
     order = np.lexsort((nuc, win))
     win, nuc = win[order], nuc[order]
     within = shapely.within(sample.nuclei[nuc], boxes[win])
     coords, part = shapely.get_coordinates(shapely.get_exterior_ring(sample.nuclei[nuc]), return_index=True)
-    rings = np.split(coords, np.searchsorted(part, np.arange(1, len(nuc))))
+    ring = np.searchsorted(part, np.arange(len(nuc) + 1))       # ring i: coords[ring[i]:ring[i + 1]]
     bounds = np.searchsorted(win, np.arange(len(boxes) + 1))
-    return [(nuc[a:b], within[a:b], rings[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(nuc[a:b], within[a:b], coords[ring[a]:ring[b]], ring[a:b + 1] - ring[a])
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def cut_patch(sample, x: int, y: int, config: PatchConfig | None = None, tree: STRtree | None = None) -> dict | None:
@@ -335,8 +425,8 @@ def cut_patch(sample, x: int, y: int, config: PatchConfig | None = None, tree: S
     grid = Grid.of(sample, config)
     tree = tree if tree is not None else STRtree(sample.nuclei)
     x, y = int(x), int(y)
-    (idx, within, rings), = _batch_geometry(sample, tree, np.array([grid.box(x, y)]))
-    inst = _instances(x, y, config, grid, idx, within, rings)
+    (idx, within, pts, starts), = _batch_geometry(sample, tree, np.array([grid.box(x, y)]))
+    inst = _instances(x, y, config, grid, idx, within, pts, starts)
     if inst is None:
         return None
     return _record(sample, x, y, config, grid, sample.wsi.read_region(x, y, grid.extent, grid.extent), *inst)
@@ -363,8 +453,8 @@ def patches_for_sample(sample, config: PatchConfig | None = None, batch_size: in
         chunk = origins[start:start + batch_size]
         geo = _batch_geometry(sample, tree, grid.box(chunk[:, 0], chunk[:, 1]))
         kept = []
-        for (x, y), (idx, within, rings) in zip(chunk.tolist(), geo):
-            inst = _instances(x, y, config, grid, idx, within, rings)
+        for (x, y), geometry in zip(chunk.tolist(), geo):
+            inst = _instances(x, y, config, grid, *geometry)
             if inst is not None:
                 kept.append(((x, y), inst))
         regions = _read_windows(sample.wsi, [o for o, _ in kept], grid.extent)

@@ -9,18 +9,21 @@ patch edge). The config that cut a build travels in the schema metadata (``stx_p
 
 Encodings, chosen by ``bench/patch_codecs.py``: 200 patches of 256 x 256 px at 0.25 um/px cut
 from a synthetic 0.2125 um/px breast slide (4,000 cells; 20 instances per patch on average),
-one core, encode/decode time per patch (best of 3 passes; a 2-core machine shared with other
+one core, encode/decode CPU time per patch (best of 3 passes; a 2-core machine shared with other
 jobs, so compare rows, not machines). The synthetic H&E carries per-pixel noise as a scan does;
-on 256 px crops of real H&E (shared/data/real) PNG takes ~126-147 kB, QOI ~140-148 kB and JPEG
-q95 ~27-29 kB (worst PSNR 37.0 dB on the NuCLS tiles).
+in brackets the same on the 15 real NuCLS H&E tiles (shared/data/real, 256 px crops).
 
-    image                    bytes/patch  encode us  decode us  PSNR (worst patch)
-    PNG, cv2 default  (*)         90,787      2,788        664  lossless
-    PNG compression 1             88,140      4,570      2,269  lossless
-    QOI                          101,866        602        542  lossless
-    JPEG q90                      13,003        187        237  38.6 dB
-    JPEG q95                      18,662        203        273  40.8 dB
-    raw + zstd                   109,984      1,352        269  lossless
+    image                      bytes/patch         encode us       decode us      PSNR (worst patch)
+    PNG Sub + libdeflate 1 (*)  88,412 (126,198)   1,208 (1,712)    470 (532)     lossless
+    PNG Sub + libdeflate 3      85,338 (128,061)   2,221 (2,248)    366 (541)     lossless
+    PNG Sub + libdeflate 6      83,083 (126,192)   4,379 (2,689)    369 (562)     lossless
+    PNG cv2 default (earlier)   90,787 (126,488)   2,507 (2,245)    621 (546)     lossless
+    PNG cv2 compression 1       88,140 (117,878)   4,136 (4,366)  2,176 (2,352)   lossless
+    WebP lossless, method 0     74,132 (101,790)   2,578 (1,772)  1,017 (998)     lossless
+    QOI                        101,866 (148,457)     556 (557)      478 (371)     lossless
+    JPEG q90                    13,003 (18,751)      189 (190)      228 (259)     38.6 dB
+    JPEG q95                    18,662 (26,784)      196 (218)      257 (307)     40.8 dB
+    raw + zstd                 109,984 (182,499)   1,289 (466)      271 (136)     lossless
 
     instance map             bytes/patch  encode us  decode us
     PNG 16-bit                     2,900        320        469
@@ -31,22 +34,32 @@ q95 ~27-29 kB (worst PSNR 37.0 dB on the NuCLS tiles).
 
 - ``PatchConfig.image_format`` picks the image codec; the choice travels in every record
   (``image_format``) and in the shard's config metadata, and :func:`decode_image` reads all
-  three by their signature. Cutting a whole shard (``bench/build.py``, one core, medians of 3
-  turns, two runs) runs at 160-178 patches/s with PNG, 227-241 with QOI and 274-321 with JPEG
-  q95 (111-117 with PNG and 175-183 with JPEG before the tile cache and these encoders), at
-  88.5 / 92.0 / 18.5 kB per patch.
-- Images default to **PNG** (cv2's default settings): lossless, so a patch holds exactly the
-  slide's pixels and re-cutting is reproducible bit for bit; scanned WSIs are usually JPEG-
-  compressed already, and a second lossy pass adds artefacts at the nucleus edges the model
-  learns (CellViT's own PanNuke preparation also stores PNG); and any image tool reads it.
-  ``"qoi"`` is the fast lossless switch: the same pixels, 4.6x faster to encode and a little
-  faster to decode than PNG, 12% more bytes here and 17% on the NuCLS tiles (5% fewer on the
-  other real image). ``"jpeg"`` (libjpeg-turbo through imagecodecs, the bytes cv2 writes; q95
-  by ``jpeg_quality``) is the switch when storage, bandwidth or cutting time matter more than
-  exactness: 4.8x fewer bytes (~90 GB vs ~20 GB per million patches) and the fastest cut.
-  Its effect on training is not
-  shown to be nil, so it is not the default: the same 771 patches of the embedded default set,
-  PNG vs JPEG q95 shards, preset tiny for 5 epochs, seeds 0 and 1, scored on the real NuCLS
+  three by their signature. Cutting a whole shard (``bench/build.py --baseline 3a0d2c6``, one
+  core, medians of 3 turns, two runs) runs at 257-260 patches/s with PNG, 290-312 with QOI and
+  356-359 with JPEG q95 (3a0d2c6 in the same runs: 128-133 with PNG, 188-197 with JPEG), at
+  84.4 / 92.0 / 18.5 kB per patch. Per PNG patch (cProfile, CPU time) about 1.5 ms go to
+  decoding the slide's LZW tiles (1.3 tiles of ~1.0 ms), 1.2-1.3 ms to the PNG and 0.5 ms to
+  resampling, which leaves PNG short of 360 patches/s/core on this machine.
+- Images default to **PNG**: lossless, so a patch holds exactly the slide's pixels and
+  re-cutting is reproducible bit for bit; scanned WSIs are usually JPEG-compressed already, and
+  a second lossy pass adds artefacts at the nucleus edges the model learns (CellViT's own
+  PanNuke preparation also stores PNG); and any image tool reads it. :func:`encode_image`
+  writes the PNG itself: every row Sub-filtered (as cv2's default does) and one IDAT deflated
+  by libdeflate at level 1 (:data:`PNG_LEVEL`; ``png_compression`` picks 0..12). Against cv2's
+  default settings, which wrote earlier shards (their pixels are the same), that is 2.1x faster
+  to encode for 3% fewer bytes on the synthetic patches, 1.3x faster for as many bytes on the
+  NuCLS tiles, and quicker to decode; levels 3 and 6 cost 1.3-3.6x the encode time for at
+  most 6% fewer bytes (none on the NuCLS tiles), so level 1. Not used: Paeth-filtered rows
+  (6% fewer bytes on the synthetic patches, 12% on the NuCLS tiles, at libdeflate 1) would
+  need a per-pixel decoder instead of the running sum below; lossless WebP (16-19% fewer
+  bytes) takes ~2x PNG's decode time.
+  ``"qoi"`` is the fast lossless switch: the same pixels, 2.2-3.1x faster to encode than PNG,
+  15% more bytes here and 18% on the NuCLS tiles. ``"jpeg"`` (libjpeg-turbo through
+  imagecodecs, the bytes cv2 writes; q95 by ``jpeg_quality``) is the switch when storage,
+  bandwidth or cutting time matter more than exactness: 4.6x fewer bytes (~84 GB vs ~18 GB
+  per million patches) and the fastest cut. Its effect on training is not shown to be nil,
+  so it is not the default: the same 771 patches of the embedded default set, PNG vs JPEG q95
+  shards, preset tiny for 5 epochs, seeds 0 and 1, scored on the real NuCLS
   tiles: bPQ 0.442 / 0.497 with PNG vs 0.480 / 0.405 with JPEG, detection F1 0.711 / 0.764 vs
   0.758 / 0.632 (synthetic PanNuke fold, last epoch: bPQ 0.593 / 0.648 vs 0.577 / 0.519). The
   seed-to-seed spread is as large as the codec difference, so this small model neither shows
@@ -81,6 +94,12 @@ try:
     from imagecodecs import delta_decode as _delta_decode
 except ImportError:                               # decoding falls back to zlib / cv2
     _deflate_decode = _delta_decode = None
+try:  # libdeflate: PNG's zlib stream at ~2x zlib's speed for as many bytes
+    from imagecodecs import deflate_crc32 as _crc32
+    from imagecodecs import deflate_encode as _deflate_encode
+    from imagecodecs import delta_encode as _delta_encode
+except ImportError:                               # PNGs are then written by cv2
+    _crc32 = _deflate_encode = _delta_encode = None
 try:  # libjpeg-turbo through imagecodecs: the same bytes and pixels as cv2's, without the BGR copy
     from imagecodecs import jpeg8_decode as _jpeg_decode
     from imagecodecs import jpeg8_encode as _jpeg_encode
@@ -155,12 +174,33 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIG = b"\xff\xd8\xff"
 _QOI_SIG = b"qoif"
 _QOI_END = b"\x00" * 7 + b"\x01"
+_PNG_CHUNK = struct.Struct(">I4s")
+_PNG_IHDR = struct.Struct(">IIBBBBB")
+
+
+#: libdeflate level of the PNGs :func:`encode_image` writes (see the module docstring)
+PNG_LEVEL = 1
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", _crc32(body, _crc32(kind)))
+
+
+def _png_sub(rgb: np.ndarray, level: int) -> bytes:
+    """8-bit RGB PNG with every row Sub-filtered (the byte minus the same channel's byte to its
+    left), one IDAT compressed by libdeflate at ``level``: what :func:`_png_rgb8` reads fast."""
+    h, w, _ = rgb.shape
+    rows = np.empty((h, 3 * w + 1), np.uint8)
+    rows[:, 0] = 1
+    _delta_encode(rgb, axis=1, out=rows[:, 1:].reshape(h, w, 3))
+    return (_PNG_SIG + _png_chunk(b"IHDR", _PNG_IHDR.pack(w, h, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IDAT", bytes(_deflate_encode(rows, level=level))) + _png_chunk(b"IEND", b""))
 
 
 def encode_image(rgb: np.ndarray, image_format: str = "png", quality: int = 95,
                  png_compression: int | None = None) -> bytes:
-    """RGB uint8 (H, W, 3) -> PNG (lossless; cv2's default compression unless given), JPEG
-    (libjpeg-turbo at ``quality``) or QOI (lossless) bytes."""
+    """RGB uint8 (H, W, 3) -> PNG (lossless; rows Sub-filtered, libdeflate at ``png_compression``,
+    default :data:`PNG_LEVEL`, 0..12), JPEG (libjpeg-turbo at ``quality``) or QOI (lossless) bytes."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
@@ -172,9 +212,14 @@ def encode_image(rgb: np.ndarray, image_format: str = "png", quality: int = 95,
         return bytes(_qoi_encode(np.ascontiguousarray(rgb)))
     if image_format == "jpeg" and _jpeg_encode is not None:
         return bytes(_jpeg_encode(np.ascontiguousarray(rgb), level=int(quality)))
+    level = PNG_LEVEL if png_compression is None else int(png_compression)
+    if image_format == "png" and _deflate_encode is not None:
+        if not 0 <= level <= 12:
+            raise ValueError(f"png_compression must lie in 0..12, got {level}")
+        return _png_sub(np.ascontiguousarray(rgb), level)
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     if image_format == "png":
-        params = [] if png_compression is None else [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
+        params = [] if png_compression is None else [cv2.IMWRITE_PNG_COMPRESSION, min(level, 9)]
         ok, buf = cv2.imencode(".png", bgr, params)
     else:
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
@@ -183,8 +228,6 @@ def encode_image(rgb: np.ndarray, image_format: str = "png", quality: int = 95,
     return buf.tobytes()
 
 
-_PNG_CHUNK = struct.Struct(">I4s")
-_PNG_IHDR = struct.Struct(">IIBBBBB")
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
