@@ -36,11 +36,11 @@ SLIDES, PATCHES, NUCLEI = 51, 373_214, 6_643_746
 @dataclass
 class Rates:
     """Per-core figures (one thread): the defaults are the figures measured here, docs/scaling.md."""
-    read_s_per_100k: float = 2.7        # read stage, s per 100k cells (bench/slide_task.py)
-    label_s_per_100k: float = 9.5       # label stage incl. the first call in a fresh process
-    patches_per_s: float = 250.0        # patch cutting, patches/s per core (bench/build.py)
-    ingest_per_s: float = 900.0         # training ingest, samples/s per core (bench/ingest.py)
-    task_gb_per_100k: float = 0.9       # a slide task's peak memory per 100k cells (bench/slide_task.py)
+    read_s_per_100k: float = 3.1        # read stage, s per 100k cells (bench/slide_task.py, 100k cells)
+    label_s_per_100k: float = 26.6      # label stage, a fresh process's first call (same run)
+    patches_per_s: float = 178.0        # patch stage of that task, patches/s (bench/build.py: 257/core CPU)
+    ingest_per_s: float = 1042.0        # training ingest, samples/s per core (bench/ingest.py)
+    task_gb_per_100k: float = 1.47      # the task's peak memory at 100k cells (5.6 GB measured at 500k)
 
 
 def measure(rates: Rates) -> Rates:
