@@ -45,7 +45,9 @@ class Rates:
 
 def measure(rates: Rates) -> Rates:
     """Ingest and patch rates and label/read time per 100k cells measured on this machine, on
-    small synthetic slides (one process, one thread)."""
+    small synthetic slides (one process, one thread). Times and memory are scaled linearly from a
+    30k-cell slide, so fixed costs (imports, numba's compile) are counted several times over: an
+    upper bound; the defaults are a 100k-cell slide's figures."""
     import tempfile
     import time
 
