@@ -75,15 +75,23 @@ def _numba_cached_in(path: str | None):
 CACHE_DIR = cache_dir()
 
 
+def import_nndescent():
+    """pynndescent's ``NNDescent``, the module imported under the node's numba cache when this
+    process has not imported it yet."""
+    if "pynndescent" not in sys.modules:
+        with _numba_cached_in(CACHE_DIR):
+            import pynndescent  # noqa: F401
+    from pynndescent import NNDescent
+
+    return NNDescent
+
+
 def neighbor_graph(data: np.ndarray, n_neighbors: int, seed: int, n_trees: int, n_iters: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``NNDescent(data, n_neighbors, euclidean, random_state=seed, low_memory=True, n_trees,
     n_iters).neighbor_graph``: (indices, distances), self first, with pynndescent imported under
     the node's numba cache."""
-    if "pynndescent" not in sys.modules:
-        with _numba_cached_in(CACHE_DIR):
-            import pynndescent  # noqa: F401
-    from pynndescent import NNDescent
+    NNDescent = import_nndescent()
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # numba's "cannot cache" notes for the per-process kernels
