@@ -72,14 +72,11 @@ def _numba_cached_in(path: str | None):
         numba.njit, config.CACHE_DIR = njit, old_dir
 
 
-CACHE_DIR = cache_dir()
-
-
 def import_nndescent():
     """pynndescent's ``NNDescent``, the module imported under the node's numba cache when this
     process has not imported it yet."""
     if "pynndescent" not in sys.modules:
-        with _numba_cached_in(CACHE_DIR):
+        with _numba_cached_in(cache_dir()):   # probed once: only before the first import
             import pynndescent  # noqa: F401
     from pynndescent import NNDescent
 
