@@ -74,7 +74,15 @@ class _Reporter(UserCallback):
         self.events.put({"metrics": m, "checkpoint": path})
 
     def after_exception(self, run_context, worker_exceptions):
-        self.events.put({"error": {int(k): repr(v)[:500] for k, v in worker_exceptions.items()}})
+        self.events.put({"error": {int(k): _why(v) for k, v in worker_exceptions.items()}})
+
+
+def _why(error: BaseException, keep: int = 400) -> str:
+    """A worker's error in a line a person can read: its type and, for a failed health check,
+    the failure under it (an actor's death and its cause), long tracebacks cut in the middle."""
+    cause = getattr(error, "health_check_failure", None)
+    text = f"{type(error).__name__}: " + (f"{type(cause).__name__}: {cause}" if cause is not None else str(error))
+    return text if len(text) <= 2 * keep else f"{text[:keep]} ... {text[-keep:]}"
 
 
 def _default_name(cfg: TrainConfig, label_set_id: str) -> str:
