@@ -34,6 +34,25 @@ MARKERS = SHARED / "data" / "markers"
 REAL_HE = SHARED / "data" / "real" / "he_histo_300x500.jpg"
 
 
+def pytest_configure(config):
+    # xdist's loadfile puts the modules with the most tests first; the Ray end-to-end modules have
+    # few tests and take the longest, so they would start last and run alone at the end
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first (by their slow tests' ``seconds`` hints, 30 s each without one),
+    so that the two pytest workers end together; the order within a module is kept."""
+    weight: dict[str, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        weight.setdefault(item.nodeid.split("::")[0], 0.0)
+        if mark:
+            weight[item.nodeid.split("::")[0]] += float(mark.kwargs.get("seconds", 30))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
+
+
 def need(path: Path):
     """Skip (with the reason) when a real reference file from ../shared/ is absent."""
     if not path.exists():

@@ -99,7 +99,7 @@ def head_node(s3_server, tmp_path):
         server.wait(timeout=30)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=300)
 def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
     import fsspec
 

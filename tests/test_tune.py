@@ -183,7 +183,7 @@ def test_a_trial_created_but_never_started_is_an_unfinished_row(tmp_path):
 
 # ---------------------------------------------------------------- sweeps on Ray
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=110)
 def test_sweep_relabels_trains_tracks_and_survives_a_failing_trial(dataset, pannuke_dir, tmp_path, ray_dashboard):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     lines = []
@@ -228,7 +228,7 @@ def test_sweep_relabels_trains_tracks_and_survives_a_failing_trial(dataset, pann
     assert ray.available_resources().get("CPU", 0) == pytest.approx(2)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=130)
 def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(dataset, pannuke_dir, tmp_path,
                                                                       ray_dashboard, monkeypatch):
     """Ctrl-C after the first trial, then --resume: Optuna's state comes back with the Tuner and

@@ -13,7 +13,9 @@ The caller owns ``ray.init``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -67,14 +69,42 @@ class _Reporter(UserCallback):
         path = None
         if checkpoint is not None:
             path = checkpoint.path
-            with checkpoint.as_directory() as d:
-                val = os.path.join(d, "validation")
-                if os.path.isdir(val):
+            with _checkpoint_files(checkpoint, "validation") as val:
+                if val:
                     client(self.uri).log_artifacts(self.run_id, val, f"validation/epoch_{step:04d}")
         self.events.put({"metrics": m, "checkpoint": path})
 
     def after_exception(self, run_context, worker_exceptions):
         self.events.put({"error": {int(k): _why(v) for k, v in worker_exceptions.items()}})
+
+
+#: What MLflow keeps of the best checkpoint: the weights and what they were trained on and
+#: scored, not the optimiser's state (twice the weights' size, and only for resuming).
+MODEL_FILES = ("model.pt", "metrics.json", "run.json")
+
+
+@contextlib.contextmanager
+def _checkpoint_files(checkpoint, *names: str):
+    """A local path to only ``names`` (files or folders) of a Ray Train checkpoint, fetched from
+    its filesystem instead of the whole checkpoint: with one name, that file or folder (in place
+    when local), with several, a folder holding those that exist; None when none exists."""
+    import pyarrow.fs as pafs
+
+    fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    kinds = {n: fs.get_file_info(f"{root}/{n}").type for n in names}
+    found = [n for n in names if kinds[n] != pafs.FileType.NotFound]
+    if not found:
+        yield None
+    elif isinstance(fs, pafs.LocalFileSystem) and len(names) == 1:
+        yield f"{root}/{names[0]}"
+    else:
+        with tempfile.TemporaryDirectory(prefix="stx-ckpt-") as tmp:
+            for n in found:
+                if kinds[n] == pafs.FileType.Directory:     # copy_files writes into an existing folder
+                    os.makedirs(f"{tmp}/{n}")
+                pafs.copy_files(f"{root}/{n}", f"{tmp}/{n}", source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+            yield f"{tmp}/{names[0]}" if len(names) == 1 else tmp
 
 
 def _why(error: BaseException, keep: int = 400) -> str:
@@ -274,7 +304,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
         ckpt, best_metrics = max(result.best_checkpoints,      # ties: the later epoch
                                  key=lambda cm: (cm[1].get("score", -1.0), cm[1].get("epoch", 0)))
         best = ckpt.path if storage_fs is None else storage.join(storage_url, ckpt.path[len(storage_path):].lstrip("/"))
-        with ckpt.as_directory() as d:
+        with _checkpoint_files(ckpt, *MODEL_FILES) as d:
             c.log_artifacts(run_id, d, "checkpoint_best")
     c.set_terminated(run_id, "FINISHED")
     return TrainResult(run_dir, name, int((result.metrics or {}).get("epoch", 0)), dict(result.metrics or {}), best,
