@@ -148,11 +148,10 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                     t3 = clock()
                     if out is None:
                         out = I._empty_batch(len(rows), *inst.shape)
-                        hv = np.empty((2, *inst.shape), np.float32)
                     t4 = clock()
-                    targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
+                    targets(inst, classes, out={"binary": out["binary"][i], "hv": out["hv"][i], "type": out["type"][i]})
                     t5 = clock()
-                    I.put_row(out, i, img, hv)
+                    out["image"][i] = img
                     out["tissue"][i] = I.tissue_index(b["organ"][j])
                     t6 = clock()
                     for k, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t5 - t4, t6 - t5 + t4 - t3)):

@@ -398,6 +398,8 @@ def test_normalise_into_a_batch_row_and_the_widened_batch_equals_stacked_samples
         for k in ("type", "binary"):
             assert np.array_equal(tgt[k][i].numpy(), s[k]), k
         assert np.abs(tgt["hv"][i].numpy() - s["hv"]).max() <= 2.0 ** -11
+        # the fp16 hv sent is torch's cast of make_sample's float32 map, bit for bit
+        assert np.array_equal(b["hv"][i].view(np.uint16), torch.from_numpy(s["hv"]).half().numpy().view(np.uint16))
         assert tgt["tissue"][i] == s["tissue"]
         # the CPU sends the image as decoded: moving and colouring it is the device's work
         assert np.array_equal(b["image"][i], decode_image(sub["image"][i]))
@@ -407,6 +409,18 @@ def test_normalise_into_a_batch_row_and_the_widened_batch_equals_stacked_samples
     assert "colour" not in plain and "geometry" not in plain
     x, _ = I.to_model({k: torch.from_numpy(v) for k, v in plain.items()})
     assert np.array_equal(x.numpy(), np.stack([A.normalise(im) for im in plain["image"]]))
+
+
+def test_batch_arrays_are_disjoint_aligned_views_of_one_block():
+    b = I._empty_batch(3, 5, 7, colour=True, geometry=True)
+    assert set(b) == set(I.SENT_DTYPES)
+    for k, a in b.items():
+        assert a.dtype == I.SENT_DTYPES[k] and a.flags.c_contiguous and a.ctypes.data % 64 == 0, k
+        a[...] = 1
+    base = b["image"].base
+    assert all(np.shares_memory(a, base) for a in b.values())
+    assert not any(np.shares_memory(b[x], b[y]) for x in b for y in b if x < y)
+    assert I._empty_batch(0, 0, 0)["hv"].shape == (0, 2, 0, 0)
 
 
 def test_fast_png_decode_equals_cv2_and_falls_back_for_other_pngs(records):

@@ -219,7 +219,9 @@ def patch_rng(seed: int, epoch: int, patch_id: str) -> np.random.Generator:
 #: dtypes of the arrays :func:`transform_batch` sends through the object store; the train worker
 #: widens them on its device and applies the colour jitter there (:func:`to_model`). 0.59 MB per
 #: 256 px sample against 2.36 MB as float32 / int64 (hv in fp16 rounds by at most 2**-11 = 4.9e-4
-#: on its [-1, 1] range); ``colour`` (96 bytes) only in augmented batches with colour jitter on.
+#: on its [-1, 1] range; :func:`~stx_platform.targets.targets` writes it as float16 directly, bit
+#: for bit the float32 map's round-to-nearest-even cast); ``colour`` (96 bytes) only in augmented
+#: batches with colour jitter on.
 SENT_DTYPES = {"image": np.uint8, "binary": np.uint8, "hv": np.float16, "type": np.int8, "tissue": np.int64,
                "colour": np.float32, "geometry": np.int8}
 
@@ -254,15 +256,14 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
                                                         config, defer_image=True)
         if not out:
             out = _empty_batch(n, *inst.shape, colour is not None, geometry is not None)
-            hv = np.empty((2, *inst.shape), np.float32)    # hv_map works in float32; sent as fp16
         elif inst.shape != out["type"].shape[1:]:
             raise ValueError(f"patch {pid}: size {inst.shape} differs from the batch's {out['type'].shape[1:]}")
         if colour is not None:
             out["colour"][i] = colour
         if geometry is not None:
             out["geometry"][i] = geometry
-        targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
-        put_row(out, i, img, hv)
+        targets(inst, classes, out={"binary": out["binary"][i], "hv": out["hv"][i], "type": out["type"][i]})
+        out["image"][i] = img
         out["tissue"][i] = tissue_index(rec.get("organ"))
         sids.append(str(rec.get("sample_id", "")))
         pids.append(pid)
@@ -274,22 +275,23 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     return out
 
 
-def put_row(out: dict[str, np.ndarray], i: int, img: np.ndarray, hv: np.ndarray) -> None:
-    """Row ``i`` of a batch: the RGB (H, W, 3) image as it is, the float32 hv map as fp16 (torch's
-    vectorised cast: numpy's takes ~30x longer; both round to nearest even)."""
-    import torch
-
-    out["image"][i] = img
-    torch.from_numpy(out["hv"][i]).copy_(torch.from_numpy(hv))
-
-
 def _empty_batch(n: int, h: int, w: int, colour: bool = False, geometry: bool = False) -> dict[str, np.ndarray]:
+    """Uninitialised batch arrays in :data:`SENT_DTYPES`, views of one allocation (64-byte aligned
+    each): a single block per batch is reused by the allocator from batch to batch (and is
+    huge-page backed when large) where separate arrays would fault in fresh pages every batch."""
     shapes = {"image": (n, h, w, 3), "binary": (n, h, w), "hv": (n, 2, h, w), "type": (n, h, w), "tissue": (n,)}
     if colour:
         shapes["colour"] = (n, 2, 3, 4)
     if geometry:
         shapes["geometry"] = (n, 3)
-    return {k: np.empty(shape, SENT_DTYPES[k]) for k, shape in shapes.items()}
+    counts = {k: int(np.prod(shape)) for k, shape in shapes.items()}
+    sizes = {k: -(-counts[k] * np.dtype(SENT_DTYPES[k]).itemsize // 64) * 64 for k in shapes}
+    buf = np.empty(sum(sizes.values()) + 64, np.uint8)
+    out, at = {}, -buf.ctypes.data % 64
+    for k, shape in shapes.items():
+        out[k] = buf[at:at + sizes[k]].view(SENT_DTYPES[k])[:counts[k]].reshape(shape)
+        at += sizes[k]
+    return out
 
 
 def _normalised(x):
