@@ -141,7 +141,7 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                     t0 = clock()
                     img, inst = decode_image(b["image"][j]), decode_instance_map(b["instance_map"][j], dtype=None)
                     t1 = clock()
-                    classes = I.instance_classes(b["cell_ids"][j], I._labels_for(labels, b["sample_id"][j]))
+                    classes = I._classes(b["cell_ids"][j], labels, b["sample_id"][j])
                     t2 = clock()
                     img, inst, _, _ = I.augment_shape(img, inst, I.patch_rng(0, 0, str(b["patch_id"][j])),
                                                       defer_image=True)

@@ -95,6 +95,24 @@ def test_instance_classes_join_cell_ids_and_unknown_becomes_minus_one():
     assert (t[inst == 4] == PANNUKE_TYPE_ORDER.index("Inflammatory")).all() and (t[inst == 0] == 0).all()
 
 
+def test_join_to_class_indices_equals_the_join_by_names(dataset, records):
+    out, rec = dataset
+    lookup = I.LabelLookup(out, EDITED)
+    types, names = lookup.type_by_cell(rec.sample_id), lookup.by_cell(rec.sample_id)
+    index = {**{c: i for i, c in enumerate(PANNUKE_TYPE_ORDER)}, UNKNOWN: -1}
+    for ids in list(records["cell_ids"][:8]) + [np.array(["nope", *records["cell_ids"][0][:3]], object)]:
+        want = [0] + [index[c] for c in I.instance_classes(ids, names)[1:]]
+        got = I.instance_types(ids, types)
+        assert got.dtype == np.int64 and got.tolist() == want
+        assert I.instance_types([c.encode() for c in ids], types).tolist() == want     # bytes ids too
+    assert -1 in I.instance_types(records["cell_ids"][0], {}).tolist() or not len(records["cell_ids"][0])
+    assert lookup.type_by_cell("no-such-slide") is None
+    odd = I.LabelLookup(out, EDITED)
+    odd._dicts[rec.sample_id] = {"c1": "Weird"}                 # a class that is no PanNuke type: names path
+    assert odd.type_by_cell(rec.sample_id) is None
+    assert I._classes(["c1"], odd, rec.sample_id).tolist() == ["Background", "Weird"]
+
+
 def test_load_labels_reads_the_manifest_label_tables(dataset):
     out, rec = dataset
     own, edited = I.load_labels(out), I.load_labels(out, EDITED)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from itertools import repeat
 from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -40,7 +41,7 @@ from stx_platform.labels.table import read_label_table
 from stx_platform.organs import canonical_organ
 from stx_platform.patches.schema import decode_image, decode_instance_map
 from stx_platform.targets import targets
-from stx_platform.taxonomy import UNKNOWN
+from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
 from stx_platform.training.augmentation import (AugmentConfig, apply_colour, apply_geometry, augment_shape, colour_image,
                                                 normalise)
 
@@ -108,6 +109,7 @@ class LabelLookup(Mapping):
         self._slides = {s["sample_id"]: s for s in done_slides(dataset_url)}
         self._cache: dict[str, pd.Series] = {}
         self._dicts: dict[str, dict] = {}
+        self._index: dict[str, dict | None] = {}
 
     def by_cell(self, sample_id: str) -> dict | None:
         """``{cell id: class name}`` of a slide; None for a slide the dataset does not hold."""
@@ -118,6 +120,17 @@ class LabelLookup(Mapping):
             self._dicts[sample_id] = dict(zip(labels.index, labels.to_numpy(object)))
             del self._cache[sample_id]          # one copy per slide in memory
         return self._dicts[sample_id]
+
+    def type_by_cell(self, sample_id: str) -> dict | None:
+        """``{cell id: index into PANNUKE_TYPE_ORDER}`` (Unknown -> -1) of a slide, for the join
+        straight to class indices (:func:`instance_types`); None for a slide the dataset does not
+        hold or whose table names a class that is no PanNuke type (the names path reports it)."""
+        if sample_id not in self._index:
+            names = self.by_cell(sample_id)
+            index = {**{c: i for i, c in enumerate(PANNUKE_TYPE_ORDER)}, UNKNOWN: -1}
+            ok = names is not None and set(names.values()) <= index.keys()
+            self._index[sample_id] = {c: index[v] for c, v in names.items()} if ok else None
+        return self._index[sample_id]
 
     def __getitem__(self, sample_id: str) -> pd.Series:
         if sample_id not in self._cache:
@@ -154,6 +167,30 @@ def instance_classes(cell_ids: Sequence[str], labels: pd.Series | Mapping | None
     return out
 
 
+def instance_types(cell_ids: Sequence[str], types: Mapping) -> np.ndarray:
+    """:func:`instance_classes` as class indices (int64, length n + 1, entry 0 = 0): ``types`` maps
+    cell id -> index into PANNUKE_TYPE_ORDER (Unknown -> -1; absent cells -1). One C-level pass
+    (``map(types.get, ...)``) instead of a name per instance looked up twice."""
+    ids = cell_ids.tolist() if isinstance(cell_ids, np.ndarray) else list(cell_ids)
+    if set(map(type, ids)) - {str}:
+        ids = [c.decode() if isinstance(c, bytes) else str(c) for c in ids]
+    out = np.empty(len(ids) + 1, np.int64)
+    out[0] = 0
+    out[1:] = np.fromiter(map(types.get, ids, repeat(-1)), np.int64, len(ids))
+    return out
+
+
+def _classes(cell_ids, labels, sample_id) -> np.ndarray:
+    """The classes of a record's instances for :func:`~stx_platform.targets.targets`: indices from a
+    LabelLookup's :meth:`~LabelLookup.type_by_cell` where it has them, else names
+    (:func:`instance_classes`)."""
+    if isinstance(labels, LabelLookup):
+        types = labels.type_by_cell(str(sample_id))
+        if types is not None:
+            return instance_types(cell_ids, types)
+    return instance_classes(cell_ids, _labels_for(labels, sample_id))
+
+
 def _labels_for(labels, sample_id) -> pd.Series | dict | None:
     if labels is None or isinstance(labels, pd.Series):
         return labels
@@ -177,7 +214,7 @@ def _prepare(record: Mapping, labels, rng: np.random.Generator | None, augment: 
     None: see :func:`~stx_platform.training.augmentation.augment_shape`)."""
     img = decode_image(record["image"])
     inst = decode_instance_map(record["instance_map"], dtype=None)
-    classes = instance_classes(record["cell_ids"], _labels_for(labels, record.get("sample_id")))
+    classes = _classes(record["cell_ids"], labels, record.get("sample_id"))
     colour = geometry = None
     if augment:
         img, inst, colour, geometry = _augment(img, inst, rng if rng is not None else np.random.default_rng(), config,
