@@ -441,6 +441,22 @@ def test_batch_arrays_are_disjoint_aligned_views_of_one_block():
     assert I._empty_batch(0, 0, 0)["hv"].shape == (0, 2, 0, 0)
 
 
+def test_decode_image_into_a_batch_row(records):
+    from stx_platform.patches.schema import encode_image
+
+    data = records["image"][0]
+    want = decode_image(data)
+    batch = np.zeros((2, *want.shape), np.uint8)
+    row = batch[1]
+    assert decode_image(data, out=row) is row and np.array_equal(batch[1], want) and not batch[0].any()
+    small = np.zeros((4, 4, 3), np.uint8)
+    got = decode_image(data, out=small)                      # does not fit: a fresh array, out untouched
+    assert got is not small and np.array_equal(got, want) and not small.any()
+    jpeg = encode_image(want, "jpeg")
+    got = decode_image(jpeg, out=row)                        # other codecs: decoded as usual
+    assert got is not row and np.array_equal(got, decode_image(jpeg))
+
+
 def test_fast_png_decode_equals_cv2_and_falls_back_for_other_pngs(records):
     import io
 

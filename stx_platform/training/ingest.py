@@ -208,11 +208,12 @@ _augment = augment_shape    # the name ``augment`` is also a parameter below
 # ---------------------------------------------------------------- samples
 
 def _prepare(record: Mapping, labels, rng: np.random.Generator | None, augment: bool,
-             config: AugmentConfig | None, defer_image: bool = False) -> tuple:
+             config: AugmentConfig | None, defer_image: bool = False, into: np.ndarray | None = None) -> tuple:
     """Decode, label join and augmentation of one record -> (RGB uint8 image, instance map,
     classes, colour parameters still to apply or None, geometry still to apply to the image or
-    None: see :func:`~stx_platform.training.augmentation.augment_shape`)."""
-    img = decode_image(record["image"])
+    None: see :func:`~stx_platform.training.augmentation.augment_shape`). The image is decoded
+    into ``into`` where the codec can (:func:`~stx_platform.patches.schema.decode_image`)."""
+    img = decode_image(record["image"], into)
     inst = decode_instance_map(record["instance_map"], dtype=None)
     classes = _classes(record["cell_ids"], labels, record.get("sample_id"))
     colour = geometry = None
@@ -289,8 +290,9 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     for i in range(n):
         rec = {k: batch[k][i] for k in keys}
         pid = str(rec.get("patch_id", i))
+        row = out["image"][i] if out else None      # decoded in place once the batch exists
         img, inst, classes, colour, geometry = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment,
-                                                        config, defer_image=True)
+                                                        config, defer_image=True, into=row)
         if not out:
             out = _empty_batch(n, *inst.shape, colour is not None, geometry is not None)
         elif inst.shape != out["type"].shape[1:]:
@@ -300,7 +302,8 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
         if geometry is not None:
             out["geometry"][i] = geometry
         targets(inst, classes, out={"binary": out["binary"][i], "hv": out["hv"][i], "type": out["type"][i]})
-        out["image"][i] = img
+        if img is not row:
+            out["image"][i] = img
         out["tissue"][i] = tissue_index(rec.get("organ"))
         sids.append(str(rec.get("sample_id", "")))
         pids.append(pid)
