@@ -139,20 +139,21 @@ def stage_times(urls: list[str], labels, repeat: int) -> dict[str, float]:
                 out = None
                 for i, j in enumerate(rows):
                     t0 = clock()
-                    img, inst = decode_image(b["image"][j]), decode_instance_map(b["instance_map"][j], dtype=None)
+                    row = None if out is None else out["image"][i]
+                    img, inst = decode_image(b["image"][j], row), decode_instance_map(b["instance_map"][j], dtype=None)
                     t1 = clock()
-                    classes = I.instance_classes(b["cell_ids"][j], I._labels_for(labels, b["sample_id"][j]))
+                    classes = I._classes(b["cell_ids"][j], labels, b["sample_id"][j])
                     t2 = clock()
                     img, inst, _, _ = I.augment_shape(img, inst, I.patch_rng(0, 0, str(b["patch_id"][j])),
                                                       defer_image=True)
                     t3 = clock()
                     if out is None:
                         out = I._empty_batch(len(rows), *inst.shape)
-                        hv = np.empty((2, *inst.shape), np.float32)
                     t4 = clock()
-                    targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
+                    targets(inst, classes, out={"binary": out["binary"][i], "hv": out["hv"][i], "type": out["type"][i]})
                     t5 = clock()
-                    I.put_row(out, i, img, hv)
+                    if img is not row:
+                        out["image"][i] = img
                     out["tissue"][i] = I.tissue_index(b["organ"][j])
                     t6 = clock()
                     for k, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t5 - t4, t6 - t5 + t4 - t3)):

@@ -13,23 +13,27 @@ Conventions (shared with :mod:`stx_platform.postprocess` and :mod:`stx_platform.
   and per nucleus, so each lies in [-1, 1]; background is 0. The targets do not depend on how a
   loss (MSE, MSGE) later differentiates them.
 
-``hv_map`` and ``targets`` run as two compiled passes over the pixels (numba); ``hv_map_loop`` is
-the per-nucleus reference (bounding box crop, centre of mass, normalise each side) that tests and
-the benchmark compare them with.
+``hv_map`` and ``targets`` run compiled (numba): one pass over each row's runs of equal ids, found
+a 64-bit word of pixels at a time, then one over each nucleus' bounding box; ``targets`` can write
+the HV map as float16 directly (the training ingest sends it so). ``hv_map_loop`` is the
+per-nucleus reference (bounding box crop, centre of mass, normalise each side) that tests and the
+benchmark compare them with.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 from scipy import ndimage as ndi
 
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
 
-__all__ = ["binary_map", "class_lut", "hv_map", "hv_map_loop", "targets", "type_map"]
+__all__ = ["binary_map", "class_lut", "half_table", "hv_map", "hv_map_loop", "targets", "type_map"]
 
 
 def _check_inst(inst: np.ndarray) -> np.ndarray:
@@ -66,14 +70,32 @@ def binary_map(inst: np.ndarray) -> np.ndarray:
     return (_check_inst(inst) > 0).astype(np.uint8)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _first_other(words, r, c, v, bits, shift, w):
+    """The first column >= ``c`` of row ``r`` whose pixel differs from ``v`` (``w`` when none):
+    ``words`` holds the row's pixels packed ``2**shift`` to a little-endian 64-bit word, ``bits``
+    each, so a word at a time is compared (``v`` repeated in every pixel of a word)."""
+    per = 1 << shift
+    j = c >> shift
+    x = (words[r, j] ^ v) >> np.uint64(bits * (c & (per - 1)))
+    while x == 0:
+        j += 1
+        if j == words.shape[1]:
+            return w
+        x = words[r, j] ^ v
+    return min(w, (j << shift) + (c & (per - 1) if j == c >> shift else 0) + np.int64(trailing_zeros(x)) // bits)
+
+
 @numba.njit(cache=True, nogil=True)
-def _fill(inst, n, lut, binary, hv, typ, with_classes):
-    """One pass over each row's runs of equal ids gathers every nucleus' pixel count, coordinate
-    sums and extent; a second writes the HV offsets (and, ``with_classes``, the binary and type
-    maps) of the nucleus pixels, the rest having been zeroed. Arithmetic as the module docstring
-    states: centre of mass ``floor(sum / count + 0.5)`` in float64, each side divided by its
-    largest offset, rounded once to float32."""
+def _extents(inst, words, shift, n):
+    """One pass over each row's runs of equal nonzero ids (found a word at a time,
+    :func:`_first_other`) -> per id: centre of mass (cx, cy) rounded as ``floor(sum / count +
+    0.5)`` in float64, and extent (x0, x1, y0, y1), all int64 (x1 = -1 for an absent id)."""
     h, w = inst.shape
+    bits = 64 >> shift
+    ones = np.uint64(1)                      # 1 in every pixel of a word
+    for _ in range((1 << shift) - 1):
+        ones = (ones << np.uint64(bits)) | np.uint64(1)
     cnt = np.zeros(n, np.int64)
     sx = np.zeros(n, np.int64)
     sy = np.zeros(n, np.int64)
@@ -82,44 +104,96 @@ def _fill(inst, n, lut, binary, hv, typ, with_classes):
     y0 = np.full(n, h, np.int64)
     y1 = np.full(n, -1, np.int64)
     for r in range(h):
-        c = 0
+        c = _first_other(words, r, 0, np.uint64(0), bits, shift, w)
         while c < w:
             k = inst[r, c]
-            e = c + 1
-            while e < w and inst[r, e] == k:
-                e += 1
-            if k != 0:
-                m = e - c
-                cnt[k] += m
-                sx[k] += (c + e - 1) * m // 2
-                sy[k] += r * m
-                x0[k] = min(x0[k], c)
-                x1[k] = max(x1[k], e - 1)
-                y0[k] = min(y0[k], r)
-                y1[k] = max(y1[k], r)
-            c = e
+            e = _first_other(words, r, c, np.uint64(k) * ones, bits, shift, w)
+            m = e - c
+            cnt[k] += m
+            sx[k] += (c + e - 1) * m // 2
+            sy[k] += r * m
+            x0[k] = min(x0[k], c)
+            x1[k] = max(x1[k], e - 1)
+            y0[k] = min(y0[k], r)
+            y1[k] = max(y1[k], r)
+            c = _first_other(words, r, e, np.uint64(0), bits, shift, w) if e < w else w
     cx = np.zeros(n, np.int64)
     cy = np.zeros(n, np.int64)
     for k in range(n):
         if cnt[k]:
             cx[k] = np.int64(np.floor(sx[k] / cnt[k] + 0.5))
             cy[k] = np.int64(np.floor(sy[k] / cnt[k] + 0.5))
-    hv[:] = 0.0
+    return cx, cy, x0, x1, y0, y1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offset(d, neg, pos, half, table):
+    """HV value of offset ``d`` on a side of extents ``neg`` (d < 0) / ``pos`` (d > 0): ``d / m``
+    in float64 (stored as float32 by the caller), or with ``table`` the float16 bits
+    ``half[m, |d|]``, sign bit set for d < 0 (:func:`half_table`)."""
+    if table:
+        return np.float64((half[neg, -d] | 0x8000) if d < 0 else half[pos, d])
+    return d / neg if d < 0 else (d / pos if d > 0 else 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill(inst, words, shift, n, lut, half, binary, hv, typ, with_classes):
+    """:func:`_extents`, the outputs zeroed, then each nucleus' bounding box visited: its pixels
+    get their HV offsets (and, ``with_classes``, 1 in the binary map, ``lut[id]`` in the type
+    map). Arithmetic as the module docstring states: an offset ``d`` on a side of extent ``m`` is
+    ``d / m`` in float64 rounded once to float32, or, when ``half`` has rows (``hv`` then uint16),
+    the float16 bits of that value (:func:`_offset`)."""
+    h, w = inst.shape
+    cx, cy, x0, x1, y0, y1 = _extents(inst, words, shift, n)
+    table = half.shape[0] > 1
+    hv[:] = 0
     if with_classes:
         binary[:] = 0
         typ[:] = 0
-    for r in range(h):
-        for c in range(w):
-            k = inst[r, c]
-            if k == 0:
-                continue
-            d = c - cx[k]
-            hv[0, r, c] = d / (cx[k] - x0[k]) if d < 0 else (d / (x1[k] - cx[k]) if d > 0 else 0.0)
-            d = r - cy[k]
-            hv[1, r, c] = d / (cy[k] - y0[k]) if d < 0 else (d / (y1[k] - cy[k]) if d > 0 else 0.0)
-            if with_classes:
-                binary[r, c] = 1
-                typ[r, c] = lut[k]
+    xv = np.empty_like(hv[0, 0])
+    for k in range(1, n):
+        if x1[k] < 0:
+            continue
+        kx, ky, t = cx[k], cy[k], lut[k] if with_classes else 0
+        for c in range(x0[k], x1[k] + 1):
+            xv[c] = _offset(c - kx, kx - x0[k], x1[k] - kx, half, table)
+        for r in range(y0[k], y1[k] + 1):
+            vy = _offset(r - ky, ky - y0[k], y1[k] - ky, half, table)
+            for c in range(x0[k], x1[k] + 1):
+                if inst[r, c] == k:
+                    hv[0, r, c] = xv[c]
+                    hv[1, r, c] = vy
+                    if with_classes:
+                        binary[r, c] = 1
+                        typ[r, c] = t
+
+
+def _words(inst: np.ndarray) -> tuple[np.ndarray, int]:
+    """(the instance map's rows as little-endian 64-bit words, log2 of the pixels per word) for
+    :func:`_first_other`: a view of the map's memory when its rows allow one, else a zero-padded
+    copy."""
+    per = 8 // inst.itemsize
+    if inst.flags.c_contiguous and inst.shape[1] % per == 0 and inst.size and inst.dtype.byteorder in "=<|" \
+            and sys.byteorder == "little":
+        return inst.view(np.uint64), per.bit_length() - 1
+    h, w = inst.shape
+    padded = np.zeros((h, max(1, -(-w // per)) * per), inst.dtype.newbyteorder("<"))
+    padded[:, :w] = inst
+    return padded.view(np.uint64), per.bit_length() - 1
+
+
+@lru_cache(maxsize=4)
+def half_table(size: int) -> np.ndarray:
+    """(size, size) uint16: entry [m, a] (0 <= a <= m) = the float16 bits of ``a / m`` computed as
+    :func:`hv_map` does (float64, rounded to float32) and then cast to float16 (round to nearest
+    even, as numpy and torch cast): a float16 HV map without a float32 one in between. Row 0 and
+    entries a > m are 0 (never read)."""
+    m = np.arange(size, dtype=np.int64)[:, None]
+    a = np.arange(size, dtype=np.int64)[None, :]
+    q = np.divide(a, m, out=np.zeros((size, size)), where=(a <= m) & (m > 0))
+    t = q.astype(np.float32).astype(np.float16).view(np.uint16)
+    t.flags.writeable = False
+    return t
 
 
 def _dense_ids(inst: np.ndarray) -> tuple[np.ndarray, int]:
@@ -136,16 +210,18 @@ def _dense_ids(inst: np.ndarray) -> tuple[np.ndarray, int]:
     return k.reshape(inst.shape), ids.size + 1
 
 
-def _hv_out(out: np.ndarray | None, h: int, w: int) -> np.ndarray:
+def _hv_out(out: np.ndarray | None, h: int, w: int, dtypes=(np.float32,)) -> np.ndarray:
     if out is None:
         return np.empty((2, h, w), np.float32)
-    if out.shape != (2, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a contiguous float32 array of shape {(2, h, w)}, got {out.dtype} {out.shape}")
+    if out.shape != (2, h, w) or out.dtype not in dtypes or not out.flags.c_contiguous:
+        names = " or ".join(np.dtype(d).name for d in dtypes)
+        raise ValueError(f"out must be a contiguous {names} array of shape {(2, h, w)}, got {out.dtype} {out.shape}")
     return out
 
 
 _NO_MAP = np.zeros((1, 1), np.uint8)
 _NO_LUT = np.zeros(1, np.int64)
+_NO_TABLE = np.zeros((1, 1), np.uint16)
 
 
 def hv_map(inst: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -155,7 +231,7 @@ def hv_map(inst: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     inst = _check_inst(inst)
     out = _hv_out(out, *inst.shape)
     dense, n = _dense_ids(inst)
-    _fill(dense, n, _NO_LUT, _NO_MAP, out, _NO_MAP, False)
+    _fill(dense, *_words(dense), n, _NO_LUT, _NO_TABLE, _NO_MAP, out, _NO_MAP, False)
     return out
 
 
@@ -260,16 +336,18 @@ def targets(inst: np.ndarray, classes, unknown_index: int = -1,
             out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """All targets of one patch: ``binary`` (H, W) uint8, ``hv`` (2, H, W) float32, ``type`` (H, W) int64.
 
-    ``out``: preallocated ``binary`` (H, W, any integer dtype), ``hv`` (2, H, W) float32 and ``type``
-    (H, W, any signed integer dtype wide enough for the classes and ``unknown_index``) to write the
-    same values into (e.g. rows of a batch); returned as a dict.
+    ``out``: preallocated ``binary`` (H, W, any integer dtype), ``hv`` (2, H, W) float32 or float16
+    and ``type`` (H, W, any signed integer dtype wide enough for the classes and ``unknown_index``)
+    to write the same values into (e.g. rows of a batch); returned as a dict. A float16 ``hv``
+    holds the float32 map cast to float16 (round to nearest even, bit for bit as numpy's and
+    torch's casts), written directly (:func:`half_table`): the training ingest sends it so.
     """
     inst = _check_inst(inst)
     h, w = inst.shape
     if out is None:
         out = {"binary": np.empty((h, w), np.uint8), "hv": np.empty((2, h, w), np.float32),
                "type": np.empty((h, w), np.int64)}
-    hv = _hv_out(out["hv"], h, w)
+    hv = _hv_out(out["hv"], h, w, (np.float32, np.float16))
     for key in ("binary", "type"):
         if out[key].shape != (h, w):
             raise ValueError(f"out[{key!r}] must have shape {(h, w)}, got {out[key].shape}")
@@ -277,5 +355,7 @@ def targets(inst: np.ndarray, classes, unknown_index: int = -1,
     dense, n = _dense_ids(inst)
     if dense is not inst:
         lut = np.concatenate([lut[:1], lut[np.unique(inst[inst > 0])]])
-    _fill(dense, n, lut, out["binary"], hv, out["type"], True)
+    half = hv.dtype == np.float16
+    _fill(dense, *_words(dense), n, lut, half_table(max(h, w)) if half else _NO_TABLE, out["binary"],
+          hv.view(np.uint16) if half else hv, out["type"], True)
     return dict(out)

@@ -95,6 +95,24 @@ def test_instance_classes_join_cell_ids_and_unknown_becomes_minus_one():
     assert (t[inst == 4] == PANNUKE_TYPE_ORDER.index("Inflammatory")).all() and (t[inst == 0] == 0).all()
 
 
+def test_join_to_class_indices_equals_the_join_by_names(dataset, records):
+    out, rec = dataset
+    lookup = I.LabelLookup(out, EDITED)
+    types, names = lookup.type_by_cell(rec.sample_id), lookup.by_cell(rec.sample_id)
+    index = {**{c: i for i, c in enumerate(PANNUKE_TYPE_ORDER)}, UNKNOWN: -1}
+    for ids in list(records["cell_ids"][:8]) + [np.array(["nope", *records["cell_ids"][0][:3]], object)]:
+        want = [0] + [index[c] for c in I.instance_classes(ids, names)[1:]]
+        got = I.instance_types(ids, types)
+        assert got.dtype == np.int64 and got.tolist() == want
+        assert I.instance_types([c.encode() for c in ids], types).tolist() == want     # bytes ids too
+    assert -1 in I.instance_types(records["cell_ids"][0], {}).tolist() or not len(records["cell_ids"][0])
+    assert lookup.type_by_cell("no-such-slide") is None
+    odd = I.LabelLookup(out, EDITED)
+    odd._dicts[rec.sample_id] = {"c1": "Weird"}                 # a class that is no PanNuke type: names path
+    assert odd.type_by_cell(rec.sample_id) is None
+    assert I._classes(["c1"], odd, rec.sample_id).tolist() == ["Background", "Weird"]
+
+
 def test_load_labels_reads_the_manifest_label_tables(dataset):
     out, rec = dataset
     own, edited = I.load_labels(out), I.load_labels(out, EDITED)
@@ -398,6 +416,8 @@ def test_normalise_into_a_batch_row_and_the_widened_batch_equals_stacked_samples
         for k in ("type", "binary"):
             assert np.array_equal(tgt[k][i].numpy(), s[k]), k
         assert np.abs(tgt["hv"][i].numpy() - s["hv"]).max() <= 2.0 ** -11
+        # the fp16 hv sent is torch's cast of make_sample's float32 map, bit for bit
+        assert np.array_equal(b["hv"][i].view(np.uint16), torch.from_numpy(s["hv"]).half().numpy().view(np.uint16))
         assert tgt["tissue"][i] == s["tissue"]
         # the CPU sends the image as decoded: moving and colouring it is the device's work
         assert np.array_equal(b["image"][i], decode_image(sub["image"][i]))
@@ -407,6 +427,34 @@ def test_normalise_into_a_batch_row_and_the_widened_batch_equals_stacked_samples
     assert "colour" not in plain and "geometry" not in plain
     x, _ = I.to_model({k: torch.from_numpy(v) for k, v in plain.items()})
     assert np.array_equal(x.numpy(), np.stack([A.normalise(im) for im in plain["image"]]))
+
+
+def test_batch_arrays_are_disjoint_aligned_views_of_one_block():
+    b = I._empty_batch(3, 5, 7, colour=True, geometry=True)
+    assert set(b) == set(I.SENT_DTYPES)
+    for k, a in b.items():
+        assert a.dtype == I.SENT_DTYPES[k] and a.flags.c_contiguous and a.ctypes.data % 64 == 0, k
+        a[...] = 1
+    base = b["image"].base
+    assert all(np.shares_memory(a, base) for a in b.values())
+    assert not any(np.shares_memory(b[x], b[y]) for x in b for y in b if x < y)
+    assert I._empty_batch(0, 0, 0)["hv"].shape == (0, 2, 0, 0)
+
+
+def test_decode_image_into_a_batch_row(records):
+    from stx_platform.patches.schema import encode_image
+
+    data = records["image"][0]
+    want = decode_image(data)
+    batch = np.zeros((2, *want.shape), np.uint8)
+    row = batch[1]
+    assert decode_image(data, out=row) is row and np.array_equal(batch[1], want) and not batch[0].any()
+    small = np.zeros((4, 4, 3), np.uint8)
+    got = decode_image(data, out=small)                      # does not fit: a fresh array, out untouched
+    assert got is not small and np.array_equal(got, want) and not small.any()
+    jpeg = encode_image(want, "jpeg")
+    got = decode_image(jpeg, out=row)                        # other codecs: decoded as usual
+    assert got is not row and np.array_equal(got, decode_image(jpeg))
 
 
 def test_fast_png_decode_equals_cv2_and_falls_back_for_other_pngs(records):

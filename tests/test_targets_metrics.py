@@ -91,6 +91,65 @@ def test_hv_and_targets_into_given_arrays_and_large_sparse_ids():
     np.testing.assert_array_equal(hv_map(inst.T), hv_map_loop(np.ascontiguousarray(inst.T)))   # a strided view
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_hv_equals_the_loop_for_every_id_dtype_width_and_layout(dtype):
+    """The word-at-a-time run scan (2**k pixels per 64-bit word, a padded copy for widths or
+    layouts that cannot be viewed so) against the per-nucleus loop: runs reaching a row's end,
+    crossing word boundaries, single pixels, ids up to the dtype's range."""
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize))
+    for size, width in ((64, 64), (40, 37), (9, 3), (1, 17)):
+        inst = _random_instances(rng, size=max(size, width), n=12, grow=4)[:size, :width]
+        ids = np.unique(inst[inst > 0])
+        top = min(np.iinfo(dtype).max, 4 * inst.size + 1000)          # dense ids: no renumbering
+        inst = np.searchsorted(ids, inst) + 1
+        inst[inst > ids.size] = 0
+        inst = np.where(inst > 0, top - inst, 0).astype(dtype)
+        inst[:, -1] = inst[:, 0]                                           # runs that end at the border
+        want = hv_map_loop(inst)
+        np.testing.assert_array_equal(hv_map(inst), want)
+        np.testing.assert_array_equal(hv_map(np.asfortranarray(inst)), want)
+        wide = np.zeros((inst.shape[0], 2 * inst.shape[1]), dtype)
+        wide[:, ::2] = inst
+        np.testing.assert_array_equal(hv_map(wide[:, ::2]), want)         # a strided view
+        raw = np.zeros(inst.nbytes + 1, np.uint8)
+        odd = raw[1:].view(dtype).reshape(inst.shape)                     # words not 8-byte aligned
+        odd[...] = inst
+        np.testing.assert_array_equal(hv_map(odd), want)
+
+
+def test_float16_hv_is_the_float32_map_cast_as_torch_casts_it():
+    """targets() into a float16 ``hv`` writes, bit for bit, torch's (and numpy's) round-to-nearest-even
+    cast of the float32 map: every table entry (each offset a / m a float32 map can hold at 256 px),
+    and whole maps of sparse ids, non-square shapes and int8 / int16 type rows."""
+    import torch
+
+    from stx_platform.targets import half_table
+
+    size = 257
+    m, a = np.meshgrid(np.arange(1, size), np.arange(size), indexing="ij")
+    ok = a <= m
+    f32 = (a[ok] / m[ok]).astype(np.float32)                              # what hv_map stores
+    want = torch.from_numpy(f32).to(torch.float16).numpy().view(np.uint16)
+    assert np.array_equal(half_table(size)[1:][ok], want)
+    assert np.array_equal(torch.from_numpy(-f32[f32 > 0]).to(torch.float16).numpy().view(np.uint16),
+                          want[f32 > 0] | 0x8000)                         # negative offsets: the sign bit
+    rng = np.random.default_rng(4)
+    for shape, tdt in (((96, 96), np.int8), ((50, 81), np.int16), ((7, 300), np.int8)):
+        inst = _random_instances(rng, size=max(shape), n=30, grow=6)[:shape[0], :shape[1]]
+        inst = np.where(inst > 0, inst + 10_000_000 * (tdt == np.int16), 0)
+        classes = {int(i): ("Unknown" if i % 3 == 0 else int(i) % 5 + 1) for i in np.unique(inst[inst > 0])}
+        ref = targets(inst, classes)
+        dst = {"binary": np.full(shape, 9, np.uint8), "hv": np.full((2, *shape), 7, np.float16),
+               "type": np.full(shape, 9, tdt)}
+        got = targets(inst, classes, out=dst)
+        assert got["hv"] is dst["hv"]
+        cast = torch.from_numpy(ref["hv"]).to(torch.float16).numpy()
+        assert np.array_equal(got["hv"].view(np.uint16), cast.view(np.uint16))
+        assert np.array_equal(got["binary"], ref["binary"]) and np.array_equal(got["type"], ref["type"])
+    with pytest.raises(ValueError):
+        targets(inst, classes, out={**dst, "hv": np.zeros((2, *shape), np.float64)})
+
+
 def test_hv_of_an_empty_map():
     assert not hv_map(np.zeros((4, 5), np.int32)).any()
 

@@ -242,10 +242,11 @@ def _inflate(data, size: int) -> bytes:
     return raw
 
 
-def _png_rgb8(data: memoryview) -> np.ndarray | None:
+def _png_rgb8(data: memoryview, out: np.ndarray | None = None) -> np.ndarray | None:
     """Fast path for the PNGs :func:`encode_image` writes: 8-bit RGB, not interlaced, rows filtered
     None or Sub (cv2's default). Inflates into the known size and undoes Sub (a running sum mod 256
-    along each row). None for any other PNG, or one it cannot read, which cv2 then decodes."""
+    along each row), into ``out`` when every row is Sub-filtered and ``out`` fits. None for any
+    other PNG, or one it cannot read, which cv2 then decodes."""
     if _delta_decode is None:
         return None
     ihdr, idat, pos = None, [], len(_PNG_SIG)
@@ -274,15 +275,19 @@ def _png_rgb8(data: memoryview) -> np.ndarray | None:
         return None
     px = rows[:, 1:].reshape(h, w, 3)
     if sub.all():
-        return _delta_decode(px, axis=1)
+        fits = out is not None and out.shape == px.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+        return _delta_decode(px, axis=1, out=out if fits else None)
     out = px.copy()
     if sub.any():
         out[sub] = _delta_decode(np.ascontiguousarray(out[sub]), axis=1)
     return out
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """PNG, JPEG or QOI bytes (recognised by their signature) -> RGB uint8 (H, W, 3)."""
+def decode_image(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    """PNG, JPEG or QOI bytes (recognised by their signature) -> RGB uint8 (H, W, 3). With ``out``
+    (a C-contiguous uint8 array, e.g. a row of a batch) the PNGs :func:`encode_image` writes are
+    decoded into it when the size fits, saving a copy; the result is ``out`` only then, so a
+    caller checks ``result is out``."""
     data = memoryview(data)
     head = bytes(data[:8])
     if head.startswith(_QOI_SIG):
@@ -298,7 +303,7 @@ def decode_image(data: bytes) -> np.ndarray:
     if not (head.startswith(_PNG_SIG) or head.startswith(_JPEG_SIG)):
         raise ValueError("patch image is neither PNG, JPEG nor QOI")
     if head.startswith(_PNG_SIG):
-        rgb = _png_rgb8(data)
+        rgb = _png_rgb8(data, out)
         if rgb is not None:
             return rgb
     elif _jpeg_decode is not None:

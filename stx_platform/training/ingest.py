@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from itertools import repeat
 from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -40,7 +41,7 @@ from stx_platform.labels.table import read_label_table
 from stx_platform.organs import canonical_organ
 from stx_platform.patches.schema import decode_image, decode_instance_map
 from stx_platform.targets import targets
-from stx_platform.taxonomy import UNKNOWN
+from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
 from stx_platform.training.augmentation import (AugmentConfig, apply_colour, apply_geometry, augment_shape, colour_image,
                                                 normalise)
 
@@ -108,6 +109,7 @@ class LabelLookup(Mapping):
         self._slides = {s["sample_id"]: s for s in done_slides(dataset_url)}
         self._cache: dict[str, pd.Series] = {}
         self._dicts: dict[str, dict] = {}
+        self._index: dict[str, dict | None] = {}
 
     def by_cell(self, sample_id: str) -> dict | None:
         """``{cell id: class name}`` of a slide; None for a slide the dataset does not hold."""
@@ -118,6 +120,17 @@ class LabelLookup(Mapping):
             self._dicts[sample_id] = dict(zip(labels.index, labels.to_numpy(object)))
             del self._cache[sample_id]          # one copy per slide in memory
         return self._dicts[sample_id]
+
+    def type_by_cell(self, sample_id: str) -> dict | None:
+        """``{cell id: index into PANNUKE_TYPE_ORDER}`` (Unknown -> -1) of a slide, for the join
+        straight to class indices (:func:`instance_types`); None for a slide the dataset does not
+        hold or whose table names a class that is no PanNuke type (the names path reports it)."""
+        if sample_id not in self._index:
+            names = self.by_cell(sample_id)
+            index = {**{c: i for i, c in enumerate(PANNUKE_TYPE_ORDER)}, UNKNOWN: -1}
+            ok = names is not None and set(names.values()) <= index.keys()
+            self._index[sample_id] = {c: index[v] for c, v in names.items()} if ok else None
+        return self._index[sample_id]
 
     def __getitem__(self, sample_id: str) -> pd.Series:
         if sample_id not in self._cache:
@@ -154,6 +167,30 @@ def instance_classes(cell_ids: Sequence[str], labels: pd.Series | Mapping | None
     return out
 
 
+def instance_types(cell_ids: Sequence[str], types: Mapping) -> np.ndarray:
+    """:func:`instance_classes` as class indices (int64, length n + 1, entry 0 = 0): ``types`` maps
+    cell id -> index into PANNUKE_TYPE_ORDER (Unknown -> -1; absent cells -1). One C-level pass
+    (``map(types.get, ...)``) instead of a name per instance looked up twice."""
+    ids = cell_ids.tolist() if isinstance(cell_ids, np.ndarray) else list(cell_ids)
+    if set(map(type, ids)) - {str}:
+        ids = [c.decode() if isinstance(c, bytes) else str(c) for c in ids]
+    out = np.empty(len(ids) + 1, np.int64)
+    out[0] = 0
+    out[1:] = np.fromiter(map(types.get, ids, repeat(-1)), np.int64, len(ids))
+    return out
+
+
+def _classes(cell_ids, labels, sample_id) -> np.ndarray:
+    """The classes of a record's instances for :func:`~stx_platform.targets.targets`: indices from a
+    LabelLookup's :meth:`~LabelLookup.type_by_cell` where it has them, else names
+    (:func:`instance_classes`)."""
+    if isinstance(labels, LabelLookup):
+        types = labels.type_by_cell(str(sample_id))
+        if types is not None:
+            return instance_types(cell_ids, types)
+    return instance_classes(cell_ids, _labels_for(labels, sample_id))
+
+
 def _labels_for(labels, sample_id) -> pd.Series | dict | None:
     if labels is None or isinstance(labels, pd.Series):
         return labels
@@ -171,13 +208,14 @@ _augment = augment_shape    # the name ``augment`` is also a parameter below
 # ---------------------------------------------------------------- samples
 
 def _prepare(record: Mapping, labels, rng: np.random.Generator | None, augment: bool,
-             config: AugmentConfig | None, defer_image: bool = False) -> tuple:
+             config: AugmentConfig | None, defer_image: bool = False, into: np.ndarray | None = None) -> tuple:
     """Decode, label join and augmentation of one record -> (RGB uint8 image, instance map,
     classes, colour parameters still to apply or None, geometry still to apply to the image or
-    None: see :func:`~stx_platform.training.augmentation.augment_shape`)."""
-    img = decode_image(record["image"])
+    None: see :func:`~stx_platform.training.augmentation.augment_shape`). The image is decoded
+    into ``into`` where the codec can (:func:`~stx_platform.patches.schema.decode_image`)."""
+    img = decode_image(record["image"], into)
     inst = decode_instance_map(record["instance_map"], dtype=None)
-    classes = instance_classes(record["cell_ids"], _labels_for(labels, record.get("sample_id")))
+    classes = _classes(record["cell_ids"], labels, record.get("sample_id"))
     colour = geometry = None
     if augment:
         img, inst, colour, geometry = _augment(img, inst, rng if rng is not None else np.random.default_rng(), config,
@@ -219,7 +257,9 @@ def patch_rng(seed: int, epoch: int, patch_id: str) -> np.random.Generator:
 #: dtypes of the arrays :func:`transform_batch` sends through the object store; the train worker
 #: widens them on its device and applies the colour jitter there (:func:`to_model`). 0.59 MB per
 #: 256 px sample against 2.36 MB as float32 / int64 (hv in fp16 rounds by at most 2**-11 = 4.9e-4
-#: on its [-1, 1] range); ``colour`` (96 bytes) only in augmented batches with colour jitter on.
+#: on its [-1, 1] range; :func:`~stx_platform.targets.targets` writes it as float16 directly, bit
+#: for bit the float32 map's round-to-nearest-even cast); ``colour`` (96 bytes) only in augmented
+#: batches with colour jitter on.
 SENT_DTYPES = {"image": np.uint8, "binary": np.uint8, "hv": np.float16, "type": np.int8, "tissue": np.int64,
                "colour": np.float32, "geometry": np.int8}
 
@@ -250,19 +290,20 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     for i in range(n):
         rec = {k: batch[k][i] for k in keys}
         pid = str(rec.get("patch_id", i))
+        row = out["image"][i] if out else None      # decoded in place once the batch exists
         img, inst, classes, colour, geometry = _prepare(rec, labels, patch_rng(seed, int(epochs[i]), pid), augment,
-                                                        config, defer_image=True)
+                                                        config, defer_image=True, into=row)
         if not out:
             out = _empty_batch(n, *inst.shape, colour is not None, geometry is not None)
-            hv = np.empty((2, *inst.shape), np.float32)    # hv_map works in float32; sent as fp16
         elif inst.shape != out["type"].shape[1:]:
             raise ValueError(f"patch {pid}: size {inst.shape} differs from the batch's {out['type'].shape[1:]}")
         if colour is not None:
             out["colour"][i] = colour
         if geometry is not None:
             out["geometry"][i] = geometry
-        targets(inst, classes, out={"binary": out["binary"][i], "hv": hv, "type": out["type"][i]})
-        put_row(out, i, img, hv)
+        targets(inst, classes, out={"binary": out["binary"][i], "hv": out["hv"][i], "type": out["type"][i]})
+        if img is not row:
+            out["image"][i] = img
         out["tissue"][i] = tissue_index(rec.get("organ"))
         sids.append(str(rec.get("sample_id", "")))
         pids.append(pid)
@@ -274,22 +315,23 @@ def transform_batch(batch: Mapping[str, np.ndarray], labels, seed: int = 0, augm
     return out
 
 
-def put_row(out: dict[str, np.ndarray], i: int, img: np.ndarray, hv: np.ndarray) -> None:
-    """Row ``i`` of a batch: the RGB (H, W, 3) image as it is, the float32 hv map as fp16 (torch's
-    vectorised cast: numpy's takes ~30x longer; both round to nearest even)."""
-    import torch
-
-    out["image"][i] = img
-    torch.from_numpy(out["hv"][i]).copy_(torch.from_numpy(hv))
-
-
 def _empty_batch(n: int, h: int, w: int, colour: bool = False, geometry: bool = False) -> dict[str, np.ndarray]:
+    """Uninitialised batch arrays in :data:`SENT_DTYPES`, views of one allocation (64-byte aligned
+    each): a single block per batch is reused by the allocator from batch to batch (and is
+    huge-page backed when large) where separate arrays would fault in fresh pages every batch."""
     shapes = {"image": (n, h, w, 3), "binary": (n, h, w), "hv": (n, 2, h, w), "type": (n, h, w), "tissue": (n,)}
     if colour:
         shapes["colour"] = (n, 2, 3, 4)
     if geometry:
         shapes["geometry"] = (n, 3)
-    return {k: np.empty(shape, SENT_DTYPES[k]) for k, shape in shapes.items()}
+    counts = {k: int(np.prod(shape)) for k, shape in shapes.items()}
+    sizes = {k: -(-counts[k] * np.dtype(SENT_DTYPES[k]).itemsize // 64) * 64 for k in shapes}
+    buf = np.empty(sum(sizes.values()) + 64, np.uint8)
+    out, at = {}, -buf.ctypes.data % 64
+    for k, shape in shapes.items():
+        out[k] = buf[at:at + sizes[k]].view(SENT_DTYPES[k])[:counts[k]].reshape(shape)
+        at += sizes[k]
+    return out
 
 
 def _normalised(x):
