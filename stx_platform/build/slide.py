@@ -24,7 +24,7 @@ from stx_platform.build.review import REVIEW_DIR, write_review
 from stx_platform.labels.config import LabelConfig
 from stx_platform.patches.config import PatchConfig
 from stx_platform.patches.cut import patches_for_sample
-from stx_platform.patches.schema import schema_for
+from stx_platform.patches.schema import parquet_options, schema_for
 from stx_platform.progress import Progress
 
 
@@ -34,7 +34,7 @@ def write_shard(url: str, sample, config: PatchConfig, say: Progress) -> tuple[i
     n_patches = n_nuclei = 0
     schema = schema_for(config)
     with storage.staged_output(url, ".parquet") as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="none") as w:
+        with pq.ParquetWriter(tmp, schema, **parquet_options()) as w:
             for table in patches_for_sample(sample, config, progress=say.fraction("patches")):
                 w.write_table(table.replace_schema_metadata(schema.metadata))
                 n_patches += table.num_rows

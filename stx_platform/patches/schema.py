@@ -149,6 +149,18 @@ PATCH_SCHEMA = pa.schema(
 
 FIELDS = tuple(PATCH_SCHEMA.names)
 
+#: Parquet columns a shard writes dictionary-encoded: all but the encoded image and instance map,
+#: whose values (~88 kB and ~1.4 kB) never repeat; hashing them for a dictionary that the writer
+#: then drops took ~0.13 ms a patch, 70% of the Parquet write. The records read back the same.
+DICTIONARY_COLUMNS = tuple(f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name
+                           for f in PATCH_SCHEMA if f.name not in ("image", "instance_map"))
+
+
+def parquet_options() -> dict:
+    """``pq.ParquetWriter`` / ``pq.write_table`` settings of a patch shard: no compression (the
+    image and map are compressed already), dictionaries only where values repeat."""
+    return {"compression": "none", "use_dictionary": list(DICTIONARY_COLUMNS)}
+
 
 def schema_for(config=None) -> pa.Schema:
     """PATCH_SCHEMA with the cutting config (JSON and hash) in its metadata."""
@@ -182,19 +194,21 @@ _PNG_IHDR = struct.Struct(">IIBBBBB")
 PNG_LEVEL = 1
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", _crc32(body, _crc32(kind)))
+def _png_chunk(kind: bytes, body) -> list:
+    """A PNG chunk as the pieces to join (length, type, body, CRC): the body is not copied here."""
+    return [struct.pack(">I", len(body)) + kind, body, struct.pack(">I", _crc32(body, _crc32(kind)))]
 
 
 def _png_sub(rgb: np.ndarray, level: int) -> bytes:
     """8-bit RGB PNG with every row Sub-filtered (the byte minus the same channel's byte to its
-    left), one IDAT compressed by libdeflate at ``level``: what :func:`_png_rgb8` reads fast."""
+    left), one IDAT compressed by libdeflate at ``level``: what :func:`_png_rgb8` reads fast.
+    The compressed stream is copied once, into the joined file."""
     h, w, _ = rgb.shape
     rows = np.empty((h, 3 * w + 1), np.uint8)
     rows[:, 0] = 1
     _delta_encode(rgb, axis=1, out=rows[:, 1:].reshape(h, w, 3))
-    return (_PNG_SIG + _png_chunk(b"IHDR", _PNG_IHDR.pack(w, h, 8, 2, 0, 0, 0))
-            + _png_chunk(b"IDAT", bytes(_deflate_encode(rows, level=level))) + _png_chunk(b"IEND", b""))
+    return b"".join([_PNG_SIG, *_png_chunk(b"IHDR", _PNG_IHDR.pack(w, h, 8, 2, 0, 0, 0)),
+                     *_png_chunk(b"IDAT", _deflate_encode(rows, level=level)), *_png_chunk(b"IEND", b"")])
 
 
 def encode_image(rgb: np.ndarray, image_format: str = "png", quality: int = 95,
@@ -446,7 +460,7 @@ def validate_record(rec: dict, i: int = 0) -> None:
     if not (n_ids == n_border == rec["nucleus_count"]):
         raise _problem(rec, i, f"{n_ids} cell_ids, {n_border} touches_border flags and nucleus_count "
                                f"{rec['nucleus_count']!r} must agree")
-    if any(v is None for v in rec["cell_ids"]) or any(v is None for v in rec["touches_border"]):
+    if None in rec["cell_ids"] or None in rec["touches_border"]:  # C-level scans (genexprs: 0.05 ms a patch)
         raise _problem(rec, i, "null entries in cell_ids or touches_border")
 
 
