@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import shapely
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from stx_platform.patches import (
     records_to_table,
 )
 from stx_platform.patches.cut import _TISSUE, tissue_mask, tissue_share
+from stx_platform.patches.schema import DICTIONARY_COLUMNS, parquet_options, schema_for
 from stx_platform.sources import list_samples, read_sample
 from stx_platform.sources.wsi import WSI, write_pyramid_tiff
 
@@ -226,10 +228,30 @@ def test_schema_accepts_records_and_rejects_bad_ones(cut):
         {**rec, "touches_border": rec["touches_border"][:-1]},             # lists disagree
         {**rec, "nucleus_count": rec["nucleus_count"] + 1},
         {**rec, "cell_ids": [None] * len(rec["cell_ids"])},
+        {**rec, "touches_border": [None] * len(rec["touches_border"])},
     ]
     for b in bad:
         with pytest.raises(SampleError, match=sample.sample_id):
             records_to_table([rec, b])
+
+
+def test_shards_dictionary_encode_all_but_the_encoded_blobs(cut, tmp_path):
+    """parquet_options: the image and instance map are stored plain (never repeated, so hashing them
+    for a dictionary is wasted), the other columns as before; the records read back the same."""
+    sample, config, tables = cut[0]
+    schema = schema_for(config)
+    path = str(tmp_path / "s.parquet")
+    with pq.ParquetWriter(path, schema, **parquet_options()) as w:
+        for t in tables:
+            w.write_table(t.replace_schema_metadata(schema.metadata))
+    back = pq.read_table(path)
+    assert back.equals(pa.concat_tables(tables).replace_schema_metadata(schema.metadata))
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    assert set(DICTIONARY_COLUMNS) <= set(encodings)                      # names the written columns
+    for col, enc in encodings.items():
+        plain = col in ("image", "instance_map", "touches_border.list.element")  # booleans never were
+        assert ("RLE_DICTIONARY" in enc) != plain, col
 
 
 # ---------------------------------------------------------------- cutting on synthetic slides
