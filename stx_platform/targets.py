@@ -28,7 +28,6 @@ from functools import lru_cache
 
 import numba
 import numpy as np
-from numba.cpython.unsafe.numbers import trailing_zeros
 from scipy import ndimage as ndi
 
 from stx_platform.taxonomy import PANNUKE_TYPE_ORDER, UNKNOWN
@@ -83,7 +82,13 @@ def _first_other(words, r, c, v, bits, shift, w):
         if j == words.shape[1]:
             return w
         x = words[r, j] ^ v
-    return min(w, (j << shift) + (c & (per - 1) if j == c >> shift else 0) + np.int64(trailing_zeros(x)) // bits)
+    k = 0                                    # the first differing pixel of the word
+    if bits < 64:
+        mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+        while (x & mask) == 0:
+            x >>= np.uint64(bits)
+            k += 1
+    return min(w, (j << shift) + (c & (per - 1) if j == c >> shift else 0) + k)
 
 
 @numba.njit(cache=True, nogil=True)
