@@ -60,16 +60,14 @@ def pandas_baseline(path: str, ids: pd.Index, genes: list[str]) -> sp.csr_matrix
 
 
 _CHILD = """
-import importlib.util, subprocess, sys, pandas as pd, pyarrow.parquet as pq
-path, n_cells, how, rev = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+import sys, pandas as pd, pyarrow.parquet as pq
+path, n_cells, how, rev, bench = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 if rev == "-":
     import stx_platform.sources.expression as ex
 else:   # the module as of git revision rev, for a before/after in one run
-    src = subprocess.run(["git", "show", f"{rev}:stx_platform/sources/expression.py"], capture_output=True,
-                         text=True, check=True).stdout
-    ex = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"expression_{rev}", loader=None))
-    sys.modules[ex.__name__] = ex
-    exec(compile(src, f"expression.py@{rev}", "exec"), ex.__dict__)
+    sys.path.insert(0, bench)
+    from revision import module_at
+    ex = module_at(rev, "stx_platform/sources/expression.py")
 ids = pd.Index([f"{i:08x}-1" for i in range(n_cells)])
 ids.get_indexer(ids[:1])   # the index's hash table belongs to the cell table, not to the counting
 cols = ["cell_id", "feature_name", "qv"]
@@ -88,7 +86,8 @@ def peak_rss(path: str, n_cells: int, how: str, rev: str = "-") -> tuple[int, in
     """(peak RSS in bytes, the matrix total, the matrix's bytes) of a fresh process running one
     path (``rev``: expression.py as of that git revision, "-" for this checkout's): the kernel's
     high-water mark of that process's memory (``VmHWM``, Linux), read by the process itself."""
-    r = subprocess.run([sys.executable, "-c", _CHILD, path, str(n_cells), how, rev], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", _CHILD, path, str(n_cells), how, rev,
+                        os.path.dirname(os.path.abspath(__file__))], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if r.returncode:
         raise SystemExit(f"{how} child failed: {r.stderr[-2000:]}")

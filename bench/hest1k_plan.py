@@ -39,7 +39,7 @@ class Rates:
     read_s_per_100k: float = 3.1        # read stage, s per 100k cells (bench/slide_task.py, 100k cells)
     label_s_per_100k: float = 26.6      # label stage, a fresh process's first call (same run)
     patches_per_s: float = 178.0        # patch stage of that task, patches/s (bench/build.py: 257/core CPU)
-    ingest_per_s: float = 1042.0        # training ingest, samples/s per core (bench/ingest.py)
+    ingest_per_s: float = 1325.0        # training ingest, samples/s per core (bench/ingest.py)
     task_gb_per_100k: float = 1.47      # the task's peak memory at 100k cells (5.6 GB measured at 500k)
 
 

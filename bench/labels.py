@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from revision import module_at
 
 warnings.filterwarnings("ignore")
 
@@ -112,13 +112,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def old_cluster_module(rev: str):
     """``stx_platform/labels/cluster.py`` as of git revision ``rev``, as a module."""
-    src = subprocess.run(["git", "show", f"{rev}:stx_platform/labels/cluster.py"], capture_output=True, text=True,
-                         check=True, cwd=ROOT).stdout
-    spec = importlib.util.spec_from_loader(f"cluster_{rev}", loader=None)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    exec(compile(src, f"cluster.py@{rev}", "exec"), mod.__dict__)
-    return mod
+    return module_at(rev, "stx_platform/labels/cluster.py")
 
 
 def old_clusters(a: ad.AnnData, mod) -> np.ndarray:

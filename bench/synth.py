@@ -35,16 +35,9 @@ def peak_gb() -> float:
 
 def baseline_renderer(slide, rev: str):
     """The slide's renderer built by ``render.py`` as of git revision ``rev`` (same geometry and stain)."""
-    import importlib.util
-    import subprocess
-    import sys
+    from revision import module_at
 
-    src = subprocess.run(["git", "show", f"{rev}:stx_platform/synth/render.py"], capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
-    spec = importlib.util.spec_from_loader(f"render_{rev}", loader=None)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    exec(compile(src, f"render.py@{rev}", "exec"), mod.__dict__)
+    mod = module_at(rev, "stx_platform/synth/render.py")
     new = slide.renderer()
     stain = mod.Stain(**{k: getattr(slide.stain, k) for k in mod.Stain.__dataclass_fields__})
     return mod.SlideRenderer(new.layout, new.cells, mod.CellGeometry(new.geom.nuc_xy, new.geom.cell_xy), new.mpp,
