@@ -2,6 +2,7 @@
 a crash mid-shard, s3:// and `ray job submit`."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -163,7 +164,15 @@ def test_ray_build_records_a_failing_slide_and_resumes(hest_root, tmp_path, loca
 
     src = _broken_copy(hest_root, str(tmp_path / "src"))
     out = str(tmp_path / "ds")
-    doc = run_build(src, out, PatchConfig(), LabelConfig())
+    said = logging.Handler()          # what Ray Data logs: nothing of a deprecated API
+    said.emit = lambda r: warned.append(r.getMessage()) if "deprecated" in r.getMessage() else None
+    warned: list[str] = []
+    logging.getLogger("ray.data").addHandler(said)
+    try:
+        doc = run_build(src, out, PatchConfig(), LabelConfig())
+    finally:
+        logging.getLogger("ray.data").removeHandler(said)
+    assert not warned, warned
     status = {r["sample_id"]: r for r in doc["slides"]}
     assert len(status) == 4 and doc["done"] == 3 and doc["failed"] == 1
     assert "BAD0001" in status and "wsis/BAD0001.tif" in status["BAD0001"]["error"]

@@ -130,7 +130,9 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
         if asked:
             print_fn(f"build: asked the autoscaler for {workers} slide worker(s) x {cpus_per_slide:g} CPU")
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide, concurrency=(1, workers),
+        # one slide per actor at a time: a queued slide waits for a free actor, never behind a long one
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=workers, max_tasks_in_flight_per_actor=1)
+        ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide, compute=pool,
                     fn_constructor_kwargs={"out": out, "patch_config": patch_config.model_dump(),
                                            "label_config": label_config.model_dump(),
                                            "previous": {k: v.to_json() for k, v in previous.items()},

@@ -13,10 +13,17 @@ temp dir; one subfolder per numba, pynndescent and Python version (a cached kern
 pynndescent code it was compiled from). Unwritable everywhere: nothing is cached, everything
 compiles as plain pynndescent does. numba's global settings are only changed during the import;
 if pynndescent was imported before (by scanpy, say), it stays as it was.
+
+pynndescent's kernels call ``print`` (when verbose), and numba compiles them only against the
+``print`` it saw when it was imported. Ray puts a Python function in ``builtins.print`` in a
+driver that has shown a Ray progress bar (``ray.experimental.tqdm_ray``) and in Ray Train's
+workers, after which a first graph in that process failed to compile ("Untyped global name
+'print'"); the graph is built with numba's ``print`` put back meanwhile (:func:`numba_print`).
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import sys
@@ -76,11 +83,34 @@ def import_nndescent():
     """pynndescent's ``NNDescent``, the module imported under the node's numba cache when this
     process has not imported it yet."""
     if "pynndescent" not in sys.modules:
-        with _numba_cached_in(cache_dir()):   # probed once: only before the first import
+        with _numba_cached_in(cache_dir()), numba_print():   # probed once: only before the first import
             import pynndescent  # noqa: F401
     from pynndescent import NNDescent
 
     return NNDescent
+
+
+@contextlib.contextmanager
+def numba_print():
+    """While inside, ``builtins.print`` is the object numba took for ``print`` when it was
+    imported: numba compiles a call to print only against that one. Ray replaces builtins.print
+    with a Python function in a driver that has shown a Ray progress bar (tqdm_ray) and in Ray
+    Train's workers, before or after numba's import."""
+    import numba.core.typing.builtins as typing_builtins
+    from numba.core import types as nb_types
+    from numba.core.typing.templates import builtin_registry
+
+    known = next((v for v, t in builtin_registry.globals if isinstance(t, nb_types.Function)
+                  and any(issubclass(x, typing_builtins.Print) for x in t.templates)), None)
+    current = builtins.print
+    if known is None or known is current:
+        yield
+        return
+    builtins.print = known
+    try:
+        yield
+    finally:
+        builtins.print = current
 
 
 def neighbor_graph(data: np.ndarray, n_neighbors: int, seed: int, n_trees: int, n_iters: int
@@ -90,7 +120,7 @@ def neighbor_graph(data: np.ndarray, n_neighbors: int, seed: int, n_trees: int, 
     the node's numba cache."""
     NNDescent = import_nndescent()
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), numba_print():
         warnings.simplefilter("ignore")   # numba's "cannot cache" notes for the per-process kernels
         index = NNDescent(data, n_neighbors=n_neighbors, metric="euclidean", random_state=seed, low_memory=True,
                           n_trees=n_trees, n_iters=n_iters)
