@@ -7,7 +7,8 @@ Ray Data worker runs), single process with BLAS/OpenMP pinned to one thread. Bes
       (stx_platform.targets.hv_map_loop) in place of the compiled targets.
 
 A small dataset (a few synthetic HEST slides, built with build_slide) is made in a temp dir. Also
-printed: ms/sample per stage of the augmented ingest (Parquet read, decode, label join,
+printed: each training preset's augmentation (samples/s/core; TrainConfig sizes GPU ingest from
+the cellvit one), ms/sample per stage of the augmented ingest (Parquet read, decode, label join,
 augmentation, targets, stack into the compact batch arrays), the train worker's side of a batch
 (to_model: widening, colour jitter, normalisation) run by torch on this CPU, and whether the
 targets of issue 7 (>= 400 samples/s/core, >= 5x the baseline) and issue 22 (ingest >= 0.6x the
@@ -89,13 +90,14 @@ def decode_only(urls: list[str]) -> int:
     return n
 
 
-def ingest(urls: list[str], labels, augment: bool = True, sink=None) -> int:
+def ingest(urls: list[str], labels, augment: bool = True, sink=None, config=None) -> int:
     from stx_platform.training.ingest import transform_batch
 
     n = 0
     for b in read_shards(urls):
         for s in range(0, len(b["image"]), 16):                 # Ray Data batches of 16 records
-            out = transform_batch({k: v[s:s + 16] for k, v in b.items()}, labels, seed=0, augment=augment)
+            out = transform_batch({k: v[s:s + 16] for k, v in b.items()}, labels, seed=0, augment=augment,
+                                  config=config)
             n += len(out["tissue"])
             if sink is not None:
                 sink.append(out)
@@ -254,6 +256,7 @@ def main() -> None:
                                                       "(on the same synthetic slides, built by that code)")
     args = ap.parse_args()
 
+    from stx_platform.training.config import PRESETS, TrainConfig
     from stx_platform.training.ingest import LabelLookup, shard_urls
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -269,6 +272,8 @@ def main() -> None:
                               "ingest": lambda: ingest(urls, labels, augment=True)}, args.repeat)
         ceiling, ours = best["ceiling"], best["ingest"]
         no_aug = rate(lambda: ingest(urls, labels, augment=False), args.repeat)
+        presets = {name: rate(lambda c=TrainConfig.preset_config(name).augmentation: ingest(urls, labels, config=c),
+                              args.repeat) for name in PRESETS}
         with loop_hv():
             base = rate(lambda: ingest(urls, labels, augment=True), args.repeat)
         stages = stage_times(urls, labels, args.repeat)
@@ -279,6 +284,8 @@ def main() -> None:
     print(f"  (a) Parquet read + decode (ceiling)       {ceiling:8.1f} samples/s/core  {1e3 / ceiling:6.2f} ms")
     print(f"      ingest, targets, no augmentation      {no_aug:8.1f} samples/s/core  {1e3 / no_aug:6.2f} ms")
     print(f"      ingest + augmentation + targets       {ours:8.1f} samples/s/core  {1e3 / ours:6.2f} ms")
+    for name, r in presets.items():
+        print(f"      ... with the {name} preset's augmentation".ljust(44) + f"{r:8.1f} samples/s/core  {1e3 / r:6.2f} ms")
     print(f"  (b) same with hv_map_loop (baseline)      {base:8.1f} samples/s/core  {1e3 / base:6.2f} ms")
     print(f"  ingest / ceiling = {ratio:.2f} (median of rounds run in turn)   ingest / baseline = {ours / base:.2f}x   "
           f"augmentation cost = {1e3 / ours - 1e3 / no_aug:.2f} ms/sample")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import sys
 import time
 
@@ -12,6 +14,10 @@ from stx_platform.errors import SampleError
 
 DEFAULT_HEST_OUT = "stx-data/hest"
 DEFAULT_PANNUKE_OUT = "stx-data/pannuke"
+#: Options that name data locations, with what an unset one stands for (checked in Ray jobs).
+LOCATION_OPTIONS = {"source": DEFAULT_HEST_OUT, "validation": DEFAULT_PANNUKE_OUT, "out": None, "dataset": None,
+                    "storage": None, "checkpoint": None, "pannuke": None, "pannuke_out": None,
+                    "pannuke_train": None, "samples": None}
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -388,9 +394,10 @@ def _config_label_set(url: str | None) -> str | None:
 
 
 def cmd_train(args) -> int:
+    from stx_platform.capacity import capacity
     from stx_platform.config_io import apply_overrides, split_overrides
     from stx_platform.training.config import TrainConfig
-    from stx_platform.training.run import read_run_info, run_training
+    from stx_platform.training.run import read_run_info, run_training, uses_gpu
 
     overrides = split_overrides(args.set, "train", default="train")
     with _ray_session(args):
@@ -404,9 +411,11 @@ def cmd_train(args) -> int:
             cfg = _train_config(args, overrides)
             dataset, validation = args.dataset, _validation_fold(args.validation)
             label_set = args.label_set or _config_label_set(args.config)
+        lo, hi = cfg.ingest_pool(uses_gpu(cfg, capacity()))
         print(f"stx train: {cfg.model} ({cfg.preset}), {cfg.epochs} epoch(s) of "
-              f"{cfg.samples_per_epoch or 'all'} patches, batch {cfg.batch_size} x {cfg.num_workers} worker(s); "
-              f"dataset {dataset}, validation {validation}", flush=True)
+              f"{cfg.samples_per_epoch or 'all'} patches, batch {cfg.batch_size} x {cfg.num_workers} worker(s), "
+              f"ingest {lo}-{hi} actor(s) x {cfg.ingest_cpus:g} CPU; dataset {dataset}, validation {validation}",
+              flush=True)
         res = run_training(dataset, validation, cfg, storage_url=args.storage, name=args.name, resume=args.resume,
                            label_set_id=label_set, mlflow_uri=args.mlflow, on_epoch=_print_epoch(cfg.epochs),
                            sample_ids=sample_ids)
@@ -597,6 +606,7 @@ def _run_options(p: argparse.ArgumentParser, name_help: str, resume_help: str) -
 
 def _run_options_basic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///stx-data/mlflow.db)")
+    p.set_defaults(mlflow_fallback=True)
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
 
@@ -794,9 +804,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def job_working_dir() -> str | None:
+    """The working directory when this process is the driver of a ``ray job submit --working-dir``
+    job: Ray unpacks the job's files there, on one node, and deletes them after the job."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return None
+    return os.getcwd() if isinstance(job, dict) and (job.get("runtime_env") or {}).get("working_dir") else None
+
+
+def check_job_locations(args) -> None:
+    """In a Ray job with a working dir, refuse relative local data locations (given or by
+    default): they would resolve inside the job's temporary copy of its files, where the output
+    is lost after the job and other nodes never see it."""
+    from stx_platform.tracking import DEFAULT_TRACKING_URI
+
+    where = job_working_dir()
+    if where is None:
+        return
+    bad = []
+    for dest, unset in LOCATION_OPTIONS.items():
+        value = (getattr(args, dest) or unset) if hasattr(args, dest) else None
+        if value and "://" not in value and not os.path.isabs(value):
+            bad.append(f"--{dest.replace('_', '-')} {value}")
+    uri = getattr(args, "mlflow", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri and getattr(args, "mlflow_fallback", False):
+        uri = DEFAULT_TRACKING_URI
+    if uri and uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
+        bad.append(f"--mlflow {uri}")
+    if bad:
+        raise ValueError(f"this runs as a Ray job with a working dir, where relative paths resolve inside the job's "
+                         f"temporary copy of its files ({where}): lost after the job and unseen by other nodes. "
+                         f"Give these as s3:// URLs or absolute paths on storage every node shares: "
+                         f"{', '.join(bad)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_job_locations(args)
         return args.func(args)
     except SampleError as e:
         print(f"error: {e}", file=sys.stderr)

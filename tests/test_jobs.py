@@ -65,6 +65,30 @@ def test_readme_gives_every_job_and_each_takes_address():
         assert r.returncode == 0 and "--address" in r.stdout, (job, r.stdout[-2000:] + r.stderr[-2000:])
 
 
+def test_a_ray_job_refuses_relative_data_locations(monkeypatch, tmp_path, capsys):
+    """Under `ray job submit --working-dir`, a relative path lands in the job's temporary copy of
+    its files: refused with the options to change, before anything is written there."""
+    from stx_platform.cli import build_parser, check_job_locations, main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_1.zip"}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["build"]) == 2
+    err = capsys.readouterr().err
+    assert "--source stx-data/hest" in err and "--out stx-data/dataset" in err and str(tmp_path) in err, err
+    assert not (tmp_path / "stx-data").exists(), "the default source was generated in the job's files"
+    assert main(["train", "--dataset", "s3://b/ds", "--validation", "/data/fold3", "--storage", "s3://b/runs"]) == 2
+    err = capsys.readouterr().err
+    assert "--mlflow sqlite:///stx-data/mlflow.db" in err and "--dataset" not in err, err
+    parse = build_parser().parse_args
+    check_job_locations(parse(["train", "--dataset", "s3://b/ds", "--validation", "/data/fold3", "--storage",
+                               "s3://b/runs", "--mlflow", "http://head:5000"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://head:5000")    # as cluster.yaml sets it on every node
+    check_job_locations(parse(["build", "--source", "s3://b/hest", "--out", "/shared/ds"]))
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")                  # not a job: relative paths are fine
+    check_job_locations(parse(["build"]))
+
+
 @pytest.fixture
 def head_node(s3_server, tmp_path):
     """A local head with cluster.yaml's MLflow server; yields (env for the job CLI, MLflow URI)."""

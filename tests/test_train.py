@@ -325,9 +325,27 @@ def test_two_workers_on_s3_restart_from_the_last_checkpoint_when_one_is_killed(d
     assert "checkpoint_best/model.pt" in files and "checkpoint_best/train_state.pt" not in files
 
 
+def test_gpu_ingest_is_sized_from_the_gpus_and_the_measured_rate():
+    from stx_platform.training.config import INGEST_PER_CORE, TrainConfig
+
+    cellvit = TrainConfig.preset_config("cellvit").model_copy(update={"num_workers": 4})
+    lo, hi = cellvit.ingest_pool(use_gpu=True)
+    need, per_actor = 4 * cellvit.gpu_images_per_s, cellvit.ingest_cpus * INGEST_PER_CORE["albumentations"]
+    assert lo * per_actor >= need > (lo - 1) * per_actor and hi == 2 * lo   # the least that feeds 4 GPUs, x2
+    assert cellvit.ingest_pool(use_gpu=False) == (1, 2)                    # on CPUs training is the bottleneck
+    plain = cellvit.model_copy(update={"augmentation": cellvit.augmentation.geometric_only()})
+    assert plain.ingest_pool(use_gpu=True)[0] < lo                         # no albumentations ops: cheaper
+    faster = cellvit.model_copy(update={"gpu_images_per_s": 2 * cellvit.gpu_images_per_s})
+    assert faster.ingest_pool(use_gpu=True)[0] >= 2 * lo - 1
+    assert cellvit.model_copy(update={"ingest_actors": (4, 40)}).ingest_pool(use_gpu=True) == (4, 40)
+
+
 def test_a_layout_that_would_starve_ingest_is_refused():
     from stx_platform.training.run import check_resources
 
     with pytest.raises(ValueError, match="need 2.5 CPUs, the Ray cluster has 2"):
         check_resources(_cfg(num_workers=2, cpus_per_worker=1.0), {"CPU": 2.0})
     check_resources(_cfg(num_workers=2), {"CPU": 2.0})
+    four = TrainConfig.preset_config("cellvit").model_copy(update={"num_workers": 4, "use_gpu": True})
+    with pytest.raises(ValueError, match=r"\(3 reader actor\(s\) x 0.5 CPU\) need 3.5 CPUs"):
+        check_resources(four, {"CPU": 3.0, "GPU": 4.0})      # the GPU-sized ingest counts

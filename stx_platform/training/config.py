@@ -3,6 +3,7 @@ demos; loadable from the ``train`` section of a YAML file and overridable by ``k
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,7 +57,11 @@ class TrainConfig(BaseModel):
                                                               "worker's CPUs, as Ray sets them; 0: every CPU of the "
                                                               "node, which a light ingest leaves mostly idle)")
     ingest_cpus: float = Field(0.5, gt=0, description="CPUs per Ray Data transform actor")
-    ingest_actors: tuple[int, int] = Field((1, 2), description="min/max Ray Data transform actors")
+    ingest_actors: tuple[int, int] | None = Field(None, description="min/max Ray Data transform actors (None: "
+                                                  "sized from the train workers, see ingest_pool)")
+    gpu_images_per_s: float = Field(150.0, gt=0, description="images/s one GPU trains on: sizes the ingest on GPUs")
+    ingest_per_core: float | None = Field(None, gt=0, description="samples/s one CPU core of ingest makes (None: "
+                                          "the figure measured for this augmentation, INGEST_PER_CORE)")
     shuffle_buffer: int = Field(64, ge=0, description="local shuffle buffer of iter_torch_batches (rows)")
     # validation, checkpoints
     val_images: int | None = Field(None, ge=1, description="first N images of the validation fold (None: all)")
@@ -73,9 +78,24 @@ class TrainConfig(BaseModel):
         unknown = set(self.loss_weights) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss terms {sorted(unknown)}; expected some of {sorted(DEFAULT_WEIGHTS)}")
-        if not 1 <= self.ingest_actors[0] <= self.ingest_actors[1]:
+        if self.ingest_actors is not None and not 1 <= self.ingest_actors[0] <= self.ingest_actors[1]:
             raise ValueError(f"ingest_actors must be (min, max) with 1 <= min <= max, got {self.ingest_actors}")
         return self
+
+    def ingest_pool(self, use_gpu: bool) -> tuple[int, int]:
+        """Min/max Ray Data transform actors: ``ingest_actors`` when set. Else, on CPUs, (1, 2)
+        (training, not the ingest, is the bottleneck there); on GPUs, the minimum makes
+        ``gpu_images_per_s`` per train worker at the measured samples/s per core of this
+        augmentation with ``ingest_cpus`` per actor, and the maximum twice that (slow shards,
+        augmentation spikes): 4 GPUs with CellViT's augmentation, (3, 6) x 0.5 CPU."""
+        if self.ingest_actors is not None:
+            return tuple(self.ingest_actors)
+        if not use_gpu:
+            return (1, 2)
+        per_core = self.ingest_per_core or INGEST_PER_CORE[
+            "albumentations" if self.augment and self.augmentation.quality_ops() else "plain"]
+        lo = max(1, math.ceil(self.num_workers * self.gpu_images_per_s / per_core / self.ingest_cpus - 1e-9))
+        return (lo, 2 * lo)
 
     @classmethod
     def preset_config(cls, name: str) -> TrainConfig:
@@ -93,6 +113,12 @@ class TrainConfig(BaseModel):
         data.pop("preset", None)
         return cls.model_validate({**deep_merge(cls.preset_config(name).model_dump(), data), "preset": name})
 
+
+#: Training ingest, samples/s per CPU core (`python bench/ingest.py`, one thread, synthetic
+#: patches of 18.5 nuclei): with CellViT's albumentations ops (the cellvit preset) 429, with the
+#: geometric and colour augmentation only 1,358 (measured on a loaded 2-core machine; idle, the
+#: plain figure is 1,290-1,374 in docs/scaling.md).
+INGEST_PER_CORE: dict[str, float] = {"albumentations": 429.0, "plain": 1290.0}
 
 #: named starting points; ``cellvit`` is the paper recipe for GPUs, ``tiny`` runs on a laptop CPU
 #: in about a minute per epoch (0.68M parameters, 2 epochs of 192 patches, 32 validation images);

@@ -148,14 +148,20 @@ def read_run_info(storage_url: str, name: str | None) -> dict:
     return storage.read_json(url)
 
 
+def uses_gpu(cfg: TrainConfig, cluster: dict) -> bool:
+    """Whether the run trains on GPUs: as configured, else when the cluster has (or may add) any."""
+    return cfg.use_gpu if cfg.use_gpu is not None else float(cluster.get("GPU", 0)) > 0
+
+
 def check_resources(cfg: TrainConfig, cluster: dict) -> None:
     """Refuse a layout that cannot run: train workers plus the smallest ingest (its minimum of
     reader actors) must fit the cluster's CPUs, or Ray Data starves and training hangs."""
-    need = cfg.num_workers * cfg.cpus_per_worker + cfg.ingest_cpus * cfg.ingest_actors[0]
+    readers = cfg.ingest_pool(uses_gpu(cfg, cluster))[0]
+    need = cfg.num_workers * cfg.cpus_per_worker + cfg.ingest_cpus * readers
     have = float(cluster.get("CPU", 0))
     if need > have + 1e-9:
         raise ValueError(f"{cfg.num_workers} train worker(s) x {cfg.cpus_per_worker} CPU + ingest "
-                         f"({cfg.ingest_actors[0]} reader actor(s) x {cfg.ingest_cpus} CPU) need "
+                         f"({readers} reader actor(s) x {cfg.ingest_cpus} CPU) need "
                          f"{need:g} CPUs, the Ray cluster has {have:g}: lower train.cpus_per_worker / "
                          "train.ingest_cpus or add CPUs")
     gpus = float(cluster.get("GPU", 0))
@@ -219,7 +225,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     label_set_id = label_set_id or manifest.get("label_set_id", "")
     cluster = capacity()
     check_resources(cfg, cluster)
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.get("GPU", 0) > 0
+    use_gpu = uses_gpu(cfg, cluster)
     uri = tracking_uri(mlflow_uri)
     run_dir = storage.join(storage_url, name) if name else None
     if resume:
@@ -251,7 +257,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
 
     ds = training_dataset(dataset, label_override,
                           augment=cfg.augment, config=cfg.augmentation, seed=cfg.seed, batch_size=cfg.batch_size,
-                          num_cpus=cfg.ingest_cpus, concurrency=tuple(cfg.ingest_actors),
+                          num_cpus=cfg.ingest_cpus, concurrency=cfg.ingest_pool(use_gpu),
                           samples_per_epoch=cfg.samples_per_epoch, sample_ids=sample_ids)
     storage_path, storage_fs = storage.arrow_filesystem(storage_url)
     events = Queue(actor_options={"num_cpus": 0})   # also fits inside a Tune trial's placement group

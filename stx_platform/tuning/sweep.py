@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from ray import tune
 
 from stx_platform import storage
-from stx_platform.capacity import capacity
+from stx_platform.capacity import DRIVER_RESOURCE, capacity
 from stx_platform.labels.config import LabelConfig
 from stx_platform.labels.markers import load_markers
 from stx_platform.tracking import client, experiment_id, log_metrics, log_params, redact, tracking_uri
 from stx_platform.training.config import TrainConfig
-from stx_platform.training.run import RUN_INFO, check_inputs, check_resources
+from stx_platform.training.run import RUN_INFO, check_inputs, check_resources, uses_gpu
 from stx_platform.tuning import summary as S
 from stx_platform.tuning import trust
 from stx_platform.tuning.config import SweepConfig
@@ -61,12 +61,27 @@ def trial_dirname(trial) -> str:
 
 
 def default_concurrency(train: TrainConfig, cluster: dict) -> int:
-    """Trials that fit at once: each holds its train workers and up to its largest ingest pool."""
-    need = train.num_workers * train.cpus_per_worker + train.ingest_cpus * train.ingest_actors[1]
+    """Trials that fit at once: each holds its train workers and up to its largest ingest pool
+    (and one driver slot, where the cluster has them)."""
+    gpu = uses_gpu(train, cluster)
+    need = train.num_workers * train.cpus_per_worker + train.ingest_cpus * train.ingest_pool(gpu)[1]
     n = int(float(cluster.get("CPU", 0)) // need) if need else 1
-    if train.use_gpu or (train.use_gpu is None and cluster.get("GPU", 0) > 0):
+    if gpu:
         n = min(n, int(float(cluster.get("GPU", 0)) // train.num_workers))
+    if cluster.get(DRIVER_RESOURCE, 0) > 0:
+        n = min(n, int(float(cluster[DRIVER_RESOURCE]) // trial_resources(cluster)[DRIVER_RESOURCE]))
     return max(1, n)
+
+
+def trial_resources(cluster: dict) -> dict[str, float]:
+    """What a trial's actor asks for. It only waits on its labelling tasks and its TorchTrainer,
+    which hold the CPUs, but Ray Train runs the run's controller on the trial's node: where the
+    cluster offers :data:`DRIVER_RESOURCE` (cluster.yaml's head), one slot of it, so that neither
+    lands on a spot worker whose reclaim would end the trial; elsewhere (a laptop) a sliver of a
+    CPU (Tune refuses a trial without resources)."""
+    if cluster.get(DRIVER_RESOURCE, 0) > 0:
+        return {DRIVER_RESOURCE: 1.0}
+    return {"CPU": TRIAL_CPUS}
 
 
 class _Progress(tune.Callback):
@@ -121,11 +136,9 @@ def _last_line(err) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _trainable(ctx: TrialContext, db):
-    # the trial actor only waits on its labelling tasks and its TorchTrainer, which hold the CPUs
-    # (Tune refuses a trial without resources, hence a sliver); the marker database goes to the
-    # trials once, through the object store
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx.model_dump(), db=db), {"CPU": TRIAL_CPUS})
+def _trainable(ctx: TrialContext, db, resources: dict[str, float]):
+    # the marker database goes to the trials once, through the object store
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx.model_dump(), db=db), resources)
 
 
 def run_sweep(dataset: str, validation: str, sweep: SweepConfig, train: TrainConfig, labels: LabelConfig, *,
@@ -193,6 +206,11 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
                        cpus_per_slide=sweep.cpus_per_slide)
     db = load_markers(labels.markers)
     concurrency = sweep.max_concurrent_trials or default_concurrency(train, cluster)
+    resources = trial_resources(cluster)
+    if DRIVER_RESOURCE not in resources and _nodes() > 1:
+        print_fn(f"stx tune: note: no node offers the {DRIVER_RESOURCE} resource (cluster.yaml gives it to the head), "
+                 "so trials and their Ray Train controllers run wherever a sliver of CPU is free, spot workers "
+                 f"included; start the head with --resources '{{\"{DRIVER_RESOURCE}\": 8}}' to keep them there")
     asha = sweep.early_stopping and train.epochs > sweep.grace_period
     if asha and not resume and not state_api_available():
         print_fn("stx tune: Ray's state API (the dashboard) is not available, so stopped trials could not "
@@ -203,18 +221,19 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
     if resume and tune.Tuner.can_restore(tune_path, fs):
         print_fn(f"stx tune: resuming sweep {name} ({sweep.trials()} trials; finished ones are kept, unfinished "
                  "and failed ones continue from their last checkpoint)")
-        tuner = tune.Tuner.restore(tune_path, _trainable(ctx, db), resume_unfinished=True, resume_errored=True,
+        tuner = tune.Tuner.restore(tune_path, _trainable(ctx, db, resources), resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
     else:
         metric = f"val_{sweep.metric}"
         print_fn(f"stx tune: sweep {name}: {sweep.trials()} trial(s) of {sweep.algorithm} search over "
                  f"{', '.join(sweep.space)}; {train.epochs} epoch(s) each"
-                 f"{' with ASHA early stopping' if asha else ''}; up to {concurrency} at once; "
+                 f"{' with ASHA early stopping' if asha else ''}; up to {concurrency} at once"
+                 f"{f' on the {DRIVER_RESOURCE} node(s)' if DRIVER_RESOURCE in resources else ''}; "
                  f"maximising val {sweep.metric} -> {sweep_dir}")
         run_config = tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs, verbose=0,
                                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                     callbacks=[_Progress(sweep.metric, train.epochs), *(callbacks or ())])
-        tuner = tune.Tuner(_trainable(ctx, db), param_space=sweep.param_space(), run_config=run_config,
+        tuner = tune.Tuner(_trainable(ctx, db, resources), param_space=sweep.param_space(), run_config=run_config,
                            tune_config=tune.TuneConfig(
                                metric=metric, mode="max",
                                num_samples=1 if sweep.algorithm == "grid" else sweep.num_samples,
@@ -234,6 +253,12 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
     res = _finish(rows, sweep, labels, name, sweep_dir, uri, parent, interrupted)
     res.seconds = time.time() - t0
     return res
+
+
+def _nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
 def state_api_available() -> bool:
