@@ -11,7 +11,9 @@ end it must still be alive and no driver may have joined it."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +30,14 @@ BIN = Path(sys.executable).parent
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_TMPDIR"] = RAY_TMPDIR = tempfile.mkdtemp(prefix="stx-", dir="/tmp")  # short: Ray's socket paths
 os.environ["STX_TRUST_DIR"] = os.path.join(RAY_TMPDIR, "trusted-sweeps")  # not the user's ledger
+# Ray >= 2.59 turns token authentication on for local clusters and, finding no token, writes a new
+# one to ~/.ray/auth_token: heads started at once (each pytest worker's) overwrite each other's, and
+# the job CLI then sends a token its head does not know. The suite's Rays share one token instead,
+# in the suite's own folder, and the user's file is never written.
+_token = Path(RAY_TMPDIR) / "auth_token"
+_token.write_text(secrets.token_hex(32))
+_token.chmod(0o600)
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token)
 atexit.register(shutil.rmtree, RAY_TMPDIR, True)  # in every process that made one (xdist's too)
 SHARED = Path(os.environ.get("STX_SHARED_DIR", REPO.parent / "shared"))
 MARKERS = SHARED / "data" / "markers"
@@ -102,22 +112,32 @@ def _die_with_parent() -> None:
 
 
 class RayHead:
-    """A Ray head started by ``ray start --head --block`` on free ports. :meth:`stop` signals that
-    one ``ray start`` process, whose handler stops its node's processes and nothing else (its
-    children also die with it: Ray ties their fate to it); never the CLI's stop-everything command,
-    which ends every Ray on the machine."""
+    """A Ray node started by ``ray start --block`` on free ports: a head, or (``address``) a node
+    joining that head's cluster. :meth:`stop` signals that one ``ray start`` process, whose
+    handler stops its node's processes and nothing else (its children also die with it: Ray ties
+    their fate to it); never the CLI's stop-everything command, which ends every Ray on the
+    machine. :meth:`kill` ends every process of the node at once, as a reclaimed spot node."""
 
-    def __init__(self, log: Path, env: dict | None = None, num_cpus: int = 1, dashboard: bool = False,
-                 temp_dir: str | None = None, timeout: float = 180):
+    def __init__(self, log: Path, env: dict | None = None, num_cpus: float = 1, dashboard: bool = False,
+                 temp_dir: str | None = None, timeout: float = 180, address: str | None = None,
+                 resources: dict | None = None):
+        import json
+
         self.log = log
         self.temp_dir = temp_dir or os.path.join(RAY_TMPDIR, "ray")  # ray start's default, under RAY_TMPDIR
-        self.dashboard_port = free_port() if dashboard else None
-        ports = ["--port", free_port(), "--ray-client-server-port", free_port(),
-                 "--dashboard-agent-listen-port", free_port()]
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", num_cpus, "--disable-usage-stats",
-               f"--include-dashboard={str(dashboard).lower()}", *ports]
-        if dashboard:
+        self.dashboard_port = free_port() if dashboard and not address else None
+        cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", num_cpus, "--disable-usage-stats",
+               "--dashboard-agent-listen-port", free_port()]
+        if address:        # a worker node; the head's token, which only a head assumes by default
+            cmd += ["--address", address]
+            env = {**(os.environ if env is None else env), "RAY_AUTH_MODE": "token"}
+        else:
+            cmd += ["--head", f"--include-dashboard={str(dashboard).lower()}", "--port", free_port(),
+                    "--ray-client-server-port", free_port()]
+        if self.dashboard_port:
             cmd += ["--dashboard-host", "127.0.0.1", "--dashboard-port", self.dashboard_port]
+        if resources:
+            cmd += ["--resources", json.dumps(resources)]
         if temp_dir:
             cmd += ["--temp-dir", temp_dir]
         env = {**(os.environ if env is None else env), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
@@ -128,10 +148,24 @@ class RayHead:
         while "block forever" not in log.read_text():
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
-                raise RuntimeError(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"ray start did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        self.address = (Path(self.temp_dir) / "ray_current_cluster").read_text().strip()
+        self.address = address or (Path(self.temp_dir) / "ray_current_cluster").read_text().strip()
         self.logs = Path(os.path.realpath(Path(self.temp_dir) / "session_latest")) / "logs"
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node (its ``ray start``'s session: the raylet, the agents,
+        the workers, each of which Ray puts in its own process group) at once."""
+        sid = self.proc.pid
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:                       # field 6 of stat: the session id
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def alive(self) -> bool:
         """``ray start --block`` still runs (it exits when any of its processes dies unexpectedly)

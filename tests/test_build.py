@@ -143,8 +143,8 @@ def test_a_finished_slide_is_judged_again_by_a_later_builds_gates():
 
 @pytest.mark.slow
 def test_a_slide_whose_worker_keeps_dying_is_failed_not_retried_forever(ref, tmp_path):
-    """Ray Data restarts a dead worker and gives it the same slide again; the attempts counted
-    before each start stop that after MAX_ATTEMPTS."""
+    """Ray Data gives a slide whose task's worker died to a new task, forever; the attempts
+    counted before each start stop that after MAX_ATTEMPTS."""
     from stx_platform.build.run import MAX_ATTEMPTS, SlideBuilder, attempts_url
 
     out = str(tmp_path / "ds")

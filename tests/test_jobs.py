@@ -1,10 +1,13 @@
-"""The jobs as README's "Scaling out" gives them, through `ray job submit` against a local head
-node set up as cluster.yaml sets up its head: the MLflow server command from cluster.yaml (its
-artifacts on S3) and MLFLOW_TRACKING_URI in the environment of `ray start`. Data, runs and
-sweeps live on S3 (a moto server on 127.0.0.1). The README's commands run verbatim, with sizes
-appended that fit 2 CPUs (argparse keeps the last value of a repeated option). The head runs on
-free ports in its own temp dir and is stopped alone, leaving every other Ray on the machine
-running."""
+"""The jobs as README's "Scaling out" gives them, through `ray job submit` against a local
+multi-node cluster set up as cluster.yaml sets up its nodes: a head with no CPUs and the head's
+custom resources (sweep trials go there), the MLflow server command from cluster.yaml (its
+artifacts on S3) and MLFLOW_TRACKING_URI in the environment of `ray start`; CPU workers joined with
+`ray start --address`, one of which is killed outright (a reclaimed spot node) while a slide is
+built on it and another while it trains, each replaced by a fresh node as the autoscaler would.
+Data, runs and sweeps live on S3 (a moto server on 127.0.0.1). The README's commands run
+verbatim, with sizes appended that fit 2 CPUs (argparse keeps the last value of a repeated
+option). Every node runs on free ports in its own temp dir and is stopped alone, leaving every
+other Ray on the machine running."""
 
 import json
 import os
@@ -29,7 +32,7 @@ FIT_2_CPUS = {
     "build_dataset": [],
     "train": ["--preset", "tiny", "--set", "num_workers=1", "--set", "ingest_cpus=0.5", "--set", "ingest_actors=[1,2]",
               "--set", "epochs=1", "--set", "samples_per_epoch=8", "--set", "val_images=4"],
-    "tune": ["--preset", "tiny", "--set", "search=grid", "--set", "space={tau_cancer: [0.2]}",
+    "tune": ["--preset", "tiny", "--set", "search=grid", "--set", "space={tau_cancer: [0.2, 0.3]}",
              "--set", "train.num_workers=1", "--set", "train.epochs=1", "--set", "train.samples_per_epoch=8",
              "--set", "train.val_images=4"],
     "experiment": ["--preset", "tiny", "--set", "train.num_workers=1", "--set", "train.ingest_cpus=0.5",
@@ -89,9 +92,71 @@ def test_a_ray_job_refuses_relative_data_locations(monkeypatch, tmp_path, capsys
     check_job_locations(parse(["build"]))
 
 
+class LocalCluster:
+    """cluster.yaml's node types on this machine: its head (no CPUs, its custom resources), and
+    CPU workers of 1 CPU each that can be added and killed."""
+
+    def __init__(self, tmp_path: Path, env: dict):
+        cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+        head = dict(cfg["available_node_types"][cfg["head_node_type"]]["resources"])
+        self.tmp, self.env, self.workers = tmp_path, env, []
+        self.head = RayHead(tmp_path / "ray-head.log", env=env, num_cpus=head.pop("CPU"), resources=head,
+                            dashboard=True, temp_dir=tempfile.mkdtemp(prefix="head-", dir=RAY_TMPDIR))
+        self.dashboard = f"http://127.0.0.1:{self.head.dashboard_port}"
+
+    def add_worker(self) -> RayHead:
+        i = len(self.workers)
+        node = RayHead(self.tmp / f"ray-worker-{i}.log", env=self.env, num_cpus=1, address=self.head.address,
+                       resources={f"test_node_{i}": 1}, temp_dir=tempfile.mkdtemp(prefix=f"w{i}-", dir=RAY_TMPDIR))
+        self.workers.append(node)
+        return node
+
+    def node_ids(self) -> dict[str, object]:
+        """Ray node id -> the RayHead of this cluster running it ("head" for the head)."""
+        from ray.util.state import list_nodes
+
+        out = {}
+        for n in list_nodes(address=self.dashboard, detail=True, limit=100):
+            if n.is_head_node:
+                out[n.node_id] = "head"
+            for k in n.resources_total:
+                if k.startswith("test_node_"):
+                    out[n.node_id] = self.workers[int(k.rsplit("_", 1)[1])]
+        return out
+
+    def kill_node_running(self, kind: str, name: str, proc: subprocess.Popen, timeout: float = 240) -> str:
+        """Once a running task (``kind="tasks"``) or live actor (``"actors"``) whose name holds
+        ``name`` is on a worker node, kill that node and start a replacement; returns the killed
+        node's id."""
+        from ray.util import state
+
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if kind == "tasks":
+                found = state.list_tasks(address=self.dashboard, filters=[("state", "=", "RUNNING")], limit=1000)
+                found = [(t.name, t.node_id) for t in found]
+            else:
+                found = state.list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000)
+                found = [(a.class_name, a.node_id) for a in found]
+            ids = self.node_ids()
+            on_worker = [node for what, node in found if name in (what or "") and ids.get(node) not in (None, "head")]
+            if on_worker:
+                ids[on_worker[0]].kill()
+                self.add_worker()
+                return on_worker[0]
+            time.sleep(0.5)
+        raise AssertionError(f"no {name} {kind} ran on a worker node (job exit status {proc.poll()})")
+
+    def stop(self) -> None:
+        for node in self.workers:
+            node.stop()
+        self.head.stop()
+
+
 @pytest.fixture
-def head_node(s3_server, tmp_path):
-    """A local head with cluster.yaml's MLflow server; yields (env for the job CLI, MLflow URI)."""
+def head_node(s3_server, tmp_path, monkeypatch):
+    """A local cluster shaped like cluster.yaml's, with its MLflow server; yields (env for the job
+    CLI, MLflow URI, the cluster)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
     env.pop("RAY_ADDRESS", None)
@@ -101,7 +166,7 @@ def head_node(s3_server, tmp_path):
                               env=env, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    head = None
+    cluster = None
     try:
         deadline = time.time() + 120
         while True:
@@ -111,16 +176,21 @@ def head_node(s3_server, tmp_path):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow.log").read_text()[-2000:]
                 time.sleep(0.5)
-        head = RayHead(tmp_path / "ray-start.log", env={**env, "MLFLOW_TRACKING_URI": uri}, num_cpus=2,
-                       dashboard=True, temp_dir=tempfile.mkdtemp(prefix="head-", dir=RAY_TMPDIR))
-        # Ray >= 2.59 turns token authentication on for local clusters; the job CLI sends the token
-        # (from ~/.ray/auth_token) when told to
-        yield {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"http://127.0.0.1:{head.dashboard_port}"}, uri
+        cluster = LocalCluster(tmp_path, {**env, "MLFLOW_TRACKING_URI": uri})
+        for _ in range(2):
+            cluster.add_worker()
+        # Ray >= 2.59 turns token authentication on for local clusters; the job CLI and the state
+        # API send the token (the suite's, RAY_AUTH_TOKEN_PATH) when told to
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        yield {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.dashboard}, uri, cluster
     finally:
-        if head:
-            head.stop()
+        if cluster:
+            cluster.stop()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+E_LINE = re.compile(r"^\[\S+ \S+ E \d+ \d+\]", re.M)     # Ray's C++ error lines: [date time E pid tid]
 
 
 @pytest.mark.slow(seconds=300)
@@ -130,33 +200,62 @@ def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
     from stx_platform.sources import list_samples
     from stx_platform.tracking import client
 
-    env, uri = head_node
+    env, uri, cluster = head_node
     data = f"{s3_server}/jobs"
     cmds = readme_jobs()
 
+    def start(job: str, extra: tuple = (), cmd: str | None = None, fit: bool = True) -> subprocess.Popen:
+        return subprocess.Popen(["bash", "-c", (cmd or cmds[job]) + ' "$@"', "job", *(FIT_2_CPUS[job] if fit else ()),
+                                 *extra], cwd=REPO, env={**env, "DATA": data}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def finish(job: str, proc: subprocess.Popen) -> str:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (job, out[-6000:])
+        return out
+
     def submit(job: str, extra: tuple = (), cmd: str | None = None) -> str:
-        r = subprocess.run(["bash", "-c", (cmd or cmds[job]) + ' "$@"', "job", *FIT_2_CPUS[job], *extra], cwd=REPO,
-                           env={**env, "DATA": data}, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, (job, r.stdout[-3000:] + r.stderr[-3000:])
-        return r.stdout
+        return finish(job, start(job, extra, cmd))
+
+    # a job whose data would land in its temporary working dir is refused, and says so
+    out, _ = start("build_dataset", cmd="ray job submit --working-dir . -- python jobs/build_dataset.py",
+                   fit=False).communicate(timeout=600)
+    assert "--source stx-data/hest" in out and "s3:// URLs or absolute paths" in out, out[-3000:]
 
     out = submit("synth")
     assert "one Ray task per slide on the Ray cluster" in out and "wrote 2 slide(s)" in out
     assert len(list_samples(f"{data}/hest")) == 2
     assert "wrote 64 images" in out
 
-    out = submit("build_dataset")
+    # a worker node is lost while it builds a slide: the slide is built again on the others
+    proc = start("build_dataset")
+    cluster.kill_node_running("tasks", "build_row", proc)
+    out = finish("build_dataset", proc)
     assert "2 done, 0 failed" in out
+    assert not E_LINE.search(out) and "deprecat" not in out.lower(), out[-6000:]
 
-    out = submit("train")
+    # and one while it trains: the worker group comes back on the nodes left
+    from ray.util.state import list_actors
+
+    proc = start("train")
+    killed = cluster.kill_node_running("actors", "RayTrainWorker", proc)
+    out = finish("train", proc)
     assert "epoch 1/1" in out and "preset tiny" in out and f"at {uri}" in out
+    workers = list_actors(address=cluster.dashboard, filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+    assert killed in {a.node_id for a in workers} and {a.node_id for a in workers} - {killed}, workers
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     assert fs.glob(f"{data}/runs/*/checkpoint_epoch_0001/model.pt".removeprefix("s3://"))
 
     out = submit("tune")
-    assert "finished at epoch 1" in out and "best: trial" in out
+    assert out.count("finished at epoch 1") == 2 and "best: trial" in out and "on the stx_driver node(s)" in out
     [best] = fs.glob(f"{data}/sweeps/*/best_labels.yaml".removeprefix("s3://"))
-    assert "tau_cancer: 0.2" in fs.cat(best).decode()
+    assert yaml.safe_load(fs.cat(best))["labels"]["tau_cancer"] in (0.2, 0.3)
+    # the trials, and with them every Ray Train controller (the train job's too), ran on the head
+    ids = cluster.node_ids()
+    where = {}
+    for a in list_actors(address=cluster.dashboard, detail=True, limit=10000):
+        where.setdefault(a.class_name, set()).add("head" if ids.get(a.node_id) == "head" else "worker")
+    assert where["TrainController"] == {"head"} and where["ImplicitFunc"] == {"head"}, where
 
     # Table 2 from the built dataset (colon held out), the PanNuke model on the synthetic fold
     # (README names fold1, which this test does not write); then Table 3 reuses both models
@@ -177,7 +276,7 @@ def test_readme_jobs_on_a_head_node_with_data_on_s3(head_node, s3_server):
     train_runs = c.search_runs([c.get_experiment_by_name("stx-train").experiment_id])
     assert [r.info.status for r in train_runs] == ["FINISHED"] and "val_mPQ" in train_runs[0].data.metrics
     tune_runs = c.search_runs([c.get_experiment_by_name("stx-tune").experiment_id])
-    assert len(tune_runs) == 2  # the sweep's parent run and its one trial
+    assert len(tune_runs) == 3  # the sweep's parent run and its two trials
     assert fs.glob(f"{s3_server}/stx/mlflow/**".removeprefix("s3://"))
     exp = c.get_experiment_by_name("stx-experiment").experiment_id
     runs = c.search_runs([exp])

@@ -33,11 +33,12 @@ def attempts_url(out: str, sample_id: str) -> str:
 
 
 class SlideBuilder:
-    """Ray Data callable class: loads the marker database once per worker, builds slides.
+    """Builds slides with one configuration (its marker database loaded once).
 
-    A worker that dies mid-slide is restarted by Ray Data and given the slide again, forever; so
-    each start is counted in ``manifest/.<id>.attempts`` first, and a slide started
-    ``max_attempts`` times already is recorded as failed instead of being tried again."""
+    A Ray task whose worker dies mid-slide (a crash, out of memory, its node lost) is given the
+    slide again by Ray Data, forever; so each start is counted in ``manifest/.<id>.attempts``
+    first, and a slide started ``max_attempts`` times already is recorded as failed instead of
+    being tried again."""
 
     def __init__(self, out: str, patch_config: dict, label_config: dict, previous: dict, quality: dict | None = None,
                  max_attempts: int = MAX_ATTEMPTS, review: bool = True, reader_options: dict | None = None):
@@ -69,6 +70,11 @@ class SlideBuilder:
                               review=self.review, reader_options=self.reader_options)
         storage.remove(url)
         return {"record": rec.to_json()}
+
+
+def build_row(row: dict, **settings) -> dict:
+    """Ray Data map function: one slide (``row``) built with ``settings`` (:class:`SlideBuilder`'s)."""
+    return SlideBuilder(**settings)(row)
 
 
 def slide_workers(slides: int, cpus_per_slide: float, max_parallel: int | None = None) -> int:
@@ -130,15 +136,15 @@ def run_build(source: str, out: str, patch_config: PatchConfig, label_config: La
         if asked:
             print_fn(f"build: asked the autoscaler for {workers} slide worker(s) x {cpus_per_slide:g} CPU")
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        # one slide per actor at a time: a queued slide waits for a free actor, never behind a long one
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=workers, max_tasks_in_flight_per_actor=1)
-        ds = ds.map(SlideBuilder, num_cpus=cpus_per_slide, compute=pool,
-                    fn_constructor_kwargs={"out": out, "patch_config": patch_config.model_dump(),
-                                           "label_config": label_config.model_dump(),
-                                           "previous": {k: v.to_json() for k, v in previous.items()},
-                                           "quality": quality.model_dump(),
-                                           "max_attempts": max_attempts, "review": review,
-                                           "reader_options": reader_options})
+        # one task per slide, up to `workers` at once: a queued slide starts on the first free CPUs,
+        # never behind a long slide (tasks, not an actor pool: Ray 2.60 logs an error line for
+        # every restartable actor whose constructor arguments Ray Data puts in the object store)
+        ds = ds.map(build_row, num_cpus=cpus_per_slide, compute=ray.data.TaskPoolStrategy(size=workers),
+                    fn_kwargs={"out": out, "patch_config": patch_config.model_dump(),
+                               "label_config": label_config.model_dump(),
+                               "previous": {k: v.to_json() for k, v in previous.items()},
+                               "quality": quality.model_dump(), "max_attempts": max_attempts, "review": review,
+                               "reader_options": reader_options})
         try:
             for i, row in enumerate(ds.iter_rows(), 1):
                 rec = SlideRecord(**row["record"])
