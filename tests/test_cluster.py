@@ -2,48 +2,26 @@
 types, and how the jobs size themselves on an autoscaling cluster (one that starts with no GPU
 and no worker CPUs) versus a fixed one."""
 
-import copy
-import json
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _readme_edit() -> str:
-    """The README's command that fills in cluster.yaml's EDIT placeholders."""
-    m = re.search(r"^(sed -i '[^']+' cluster\.yaml)$", (ROOT / "README.md").read_text(), re.M)
-    assert m, "README.md gives no sed command that edits cluster.yaml"
-    return m.group(1)
+from readme_cluster import edited_copy, readme_edit, scaling_out, validate_for_ray
 
 
 @pytest.fixture(scope="module")
 def cluster_config(tmp_path_factory) -> dict:
     """cluster.yaml after the README's edit, run on a copy."""
-    work = tmp_path_factory.mktemp("cluster")
-    (work / "cluster.yaml").write_text((ROOT / "cluster.yaml").read_text())
-    subprocess.run(_readme_edit(), shell=True, cwd=work, check=True)
-    text = (work / "cluster.yaml").read_text()
+    text = (edited_copy(tmp_path_factory.mktemp("cluster")) / "cluster.yaml").read_text()
     assert "YOUR-" not in text, "a placeholder the README's edit leaves in cluster.yaml"
     return yaml.safe_load(text)
 
 
 def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher(cluster_config):
-    import jsonschema
-    import ray.autoscaler
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-    jsonschema.validate(cluster_config, schema)
-    prepared = prepare_config(copy.deepcopy(cluster_config))   # what `ray up` does before validating
-    validate_config(prepared)
+    prepared = validate_for_ray(cluster_config)
     assert prepared["provider"]["type"] == "aws"
-    assert "YOUR-" not in (ROOT / "README.md").read_text().split("## Scaling out")[1].split("\n## ")[0].replace(
-        _readme_edit(), ""), "README's scaling-out commands still hold a cluster.yaml placeholder"
+    assert "YOUR-" not in scaling_out().replace(readme_edit(), ""), \
+        "README's scaling-out commands still hold a cluster.yaml placeholder"
 
 
 def test_node_types_split_labelling_from_training(cluster_config):
@@ -66,11 +44,15 @@ def test_node_types_split_labelling_from_training(cluster_config):
         assert "gpu" in t["docker"]["worker_image"]
         assert any("pip install" in c and "constraints.txt" in c and "whl/cpu" not in c
                    for c in t["worker_setup_commands"]), "GPU nodes need torch's CUDA build"
-    for t in workers.values():   # S3 access on every worker, not only the head
-        assert t["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
-    # this repository on every node, installed with the tested pins
+    # S3 access on every worker through the workers' own profile (tests/test_iam.py); the head
+    # names none, so the launcher gives it its default one (EC2 to launch workers)
+    for t in workers.values():
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/stx-worker", t["node_config"]["IamInstanceProfile"]["Arn"])
+    assert "IamInstanceProfile" not in head["node_config"]
+    # this repository on every node, installed with the tested pins unless the baked image has
+    # them (tests/test_image.py)
     assert cluster_config["file_mounts"] == {"~/stx-platform": "."}
-    assert any("-c ~/stx-platform/constraints.txt" in c and "-e ~/stx-platform" in c
+    assert any("-c ~/stx-platform/constraints.txt" in c and "-e ~/stx-platform" in c and "$STX_IMAGE_PINS" in c
                for c in cluster_config["setup_commands"])
     # MLflow: a server on the head with artifacts on S3, known to every Ray process
     head_cmds = " ".join(cluster_config["head_start_ray_commands"])
