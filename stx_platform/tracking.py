@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_TRACKING_URI = "sqlite:///stx-data/mlflow.db"
+#: Default Model Registry name of trained CellViT models (stx train / stx tune --register-model).
+REGISTERED_MODEL = "stx-cellvit"
 
 
 def tracking_uri(uri: str | None = None) -> str:
