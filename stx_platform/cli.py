@@ -463,6 +463,16 @@ def _print_model(uri: str | None, registered: str | None, note: str) -> None:
     print(f"mlflow: model {uri or '(none)'}{reg}" + (f"\nmlflow: {note}" if note else ""))
 
 
+def cmd_mlflow_relocate(args) -> int:
+    from stx_platform.tracking import artifact_root, redact, relocate, tracking_uri
+
+    uri = tracking_uri(args.mlflow)
+    changed = relocate(uri)
+    print(f"{redact(uri)}: artifact URIs now under {artifact_root(uri)}: "
+          + ", ".join(f"{k} {v}" for k, v in changed.items()))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -807,6 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
     from stx_platform.predict import add_predict_parser
 
     add_predict_parser(sub)
+
+    mr = sub.add_parser("mlflow-relocate", help="after moving stx-data/: point the local MLflow store's artifact "
+                                                "URIs (absolute in mlflow.db) at the mlartifacts folder beside it")
+    mr.add_argument("--mlflow", help="the sqlite MLflow store (default: MLFLOW_TRACKING_URI, else "
+                                     "sqlite:///stx-data/mlflow.db)")
+    mr.set_defaults(func=cmd_mlflow_relocate)
 
     ls = sub.add_parser("list", help="list the samples under a URL")
     ls.add_argument("url")
