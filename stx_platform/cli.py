@@ -418,12 +418,14 @@ def cmd_train(args) -> int:
               flush=True)
         res = run_training(dataset, validation, cfg, storage_url=args.storage, name=args.name, resume=args.resume,
                            label_set_id=label_set, mlflow_uri=args.mlflow, on_epoch=_print_epoch(cfg.epochs),
-                           sample_ids=sample_ids)
+                           sample_ids=sample_ids, register_model=args.register_model or None)
     b = res.best_metrics
     print(f"\ntrained {res.epochs} epoch(s) in {res.seconds:.0f} s; run {res.run_dir}")
     print(f"best checkpoint ({cfg.metric} {_fmt(b.get('val_' + cfg.metric))}): {res.best_checkpoint}")
     print(f"mlflow: run {res.mlflow_run_id} at {res.tracking_uri}  (view: mlflow ui --backend-store-uri "
           f"{res.tracking_uri})")
+    if res.model is not None:
+        _print_model(res.model.model_uri, res.model.registered, res.model.note)
     print(f"next:   stx evaluate --checkpoint {res.run_dir} --pannuke {validation}")
     return 0
 
@@ -443,7 +445,7 @@ def cmd_tune(args) -> int:
             train = _train_config(args, split_overrides(args.set, "train"))
             res = run_sweep(args.dataset, _validation_fold(args.validation), sweep, train, labels,
                             storage_url=args.storage, name=args.name, mlflow_uri=args.mlflow,
-                            print_fn=lambda m: print(m, flush=True))
+                            print_fn=lambda m: print(m, flush=True), register_model=args.register_model or None)
     print()
     print(res.summary["table"])
     if res.interrupted:
@@ -458,8 +460,26 @@ def cmd_tune(args) -> int:
     b = res.best
     print(f"best: trial {b['trial']} val {res.metric} {_fmt(b[res.metric], 4)} -> {res.best_config}")
     print(f"mlflow: parent run {res.mlflow_run_id} at {res.tracking_uri}")
+    if res.model:
+        _print_model(res.model.get("uri"), res.model.get("registered"), res.model.get("note", ""))
     print(f"next:   stx train --config {res.best_config} --dataset <the swept dataset>")
     return 0 if not res.errors else 3
+
+
+def _print_model(uri: str | None, registered: str | None, note: str) -> None:
+    """Where the MLflow model of a run went: its URI, its registered version or why it has none."""
+    reg = f"; registered as models:/{registered}" if registered else ""
+    print(f"mlflow: model {uri or '(none)'}{reg}" + (f"\nmlflow: {note}" if note else ""))
+
+
+def cmd_mlflow_relocate(args) -> int:
+    from stx_platform.tracking import artifact_root, redact, relocate, tracking_uri
+
+    uri = tracking_uri(args.mlflow)
+    changed = relocate(uri)
+    print(f"{redact(uri)}: artifact URIs now under {artifact_root(uri)}: "
+          + ", ".join(f"{k} {v}" for k, v in changed.items()))
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -611,6 +631,14 @@ def _run_options_basic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
 
 
+def _register_option(p: argparse.ArgumentParser, what: str) -> None:
+    from stx_platform.tracking import REGISTERED_MODEL
+
+    p.add_argument("--register-model", default=REGISTERED_MODEL, metavar="NAME",
+                   help=f"MLflow Model Registry name to register {what} under (default: {REGISTERED_MODEL}; "
+                        "'' registers nothing; the model is logged in its run either way)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stx", description="stx-platform: spatial transcriptomics -> nuclei "
                                 "segmentation and classification training data")
@@ -716,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--storage", default="stx-data/runs", help="where runs and checkpoints go (folder or s3://)")
     _run_options(tr, "run name (default: model-labelset-time); with --resume, the run to continue",
                  "continue the stopped run --name from its last checkpoint")
+    _register_option(tr, "the best checkpoint")
     tr.set_defaults(func=cmd_train)
 
     tu = sub.add_parser("tune", help="Ray Tune sweep over label hyperparameters: each trial relabels the dataset "
@@ -730,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--storage", default="stx-data/sweeps", help="where sweeps go (folder or s3://)")
     _run_options(tu, "sweep name (default: sweep-time); with --resume, the sweep to continue",
                  "continue the interrupted sweep --name")
+    _register_option(tu, "the best trial's model (a resumed sweep keeps its first choice)")
     tu.add_argument("--trust-storage", action="store_true",
                     help="with --resume: unpickle the sweep's saved state even if this machine did not write it "
                          "(only when no one else can write to the storage)")
@@ -797,6 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
     from stx_platform.predict import add_predict_parser
 
     add_predict_parser(sub)
+
+    mr = sub.add_parser("mlflow-relocate", help="after moving stx-data/: point the local MLflow store's artifact "
+                                                "URIs (absolute in mlflow.db) at the mlartifacts folder beside it")
+    mr.add_argument("--mlflow", help="the sqlite MLflow store (default: MLFLOW_TRACKING_URI, else "
+                                     "sqlite:///stx-data/mlflow.db)")
+    mr.set_defaults(func=cmd_mlflow_relocate)
 
     ls = sub.add_parser("list", help="list the samples under a URL")
     ls.add_argument("url")

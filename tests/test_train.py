@@ -230,8 +230,9 @@ def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tm
     runs = "runs"
     # with a weight average: what is validated, saved and scored later is the average
     first = run_training(dataset, pannuke_dir, _cfg(epochs=1, ema_decay=0.9), storage_url=runs, name="r",
-                         mlflow_uri=uri)
+                         mlflow_uri=uri, register_model="stx-test")
     assert first.epochs == 1 and first.best_checkpoint == str(tmp_path / "runs" / "r" / "checkpoint_epoch_0001")
+    assert first.model.registered == "stx-test/1" and first.model.model_uri.startswith("models:/m-")
     for f in ("model.pt", "train_state.pt", "metrics.json", "run.json", "validation/overlays.png",
               "validation/confusion.png"):
         assert os.path.exists(f"{first.best_checkpoint}/{f}"), f
@@ -239,9 +240,11 @@ def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tm
         run_training(dataset, pannuke_dir, _cfg(epochs=1, ema_decay=0.9), storage_url=runs, name="r", mlflow_uri=uri)
 
     # the stopped run continues from its checkpoint: epoch 2 only, same MLflow run
-    assert main(["train", "--resume", "--name", "r", "--storage", runs, "--mlflow", uri, "--set", "epochs=2"]) == 0
+    assert main(["train", "--resume", "--name", "r", "--storage", runs, "--mlflow", uri, "--set", "epochs=2",
+                 "--register-model", "stx-test"]) == 0
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and "epoch 1/2" not in printed
+    assert "registered as models:/stx-test/2" in printed
     c, files = _mlflow(uri, first.mlflow_run_id)
     run = c.get_run(first.mlflow_run_id)
     assert run.data.params["train.model"] == "tiny" and run.data.params["label_set_id"]
@@ -251,12 +254,51 @@ def test_train_validate_track_then_resume_a_stopped_run(dataset, pannuke_dir, tm
               "checkpoint_best/model.pt", "checkpoint_best/metrics.json", "dataset/manifest.json"):
         assert f in files, files
     assert "checkpoint_best/train_state.pt" not in files     # the weights, not the optimiser's state
+    _check_mlflow_model(c, uri, first.mlflow_run_id, dataset, runs, pannuke_dir)
     # a checkpoint scored on its own reproduces the validation of its epoch
     last = json.loads(open(f"{runs}/r/checkpoint_epoch_0002/metrics.json").read())
     assert main(["evaluate", "--checkpoint", f"{runs}/r", "--pannuke", pannuke_dir, "--limit", "4",
                  "--out", str(tmp_path / "ev")]) == 0
     ev = json.loads(open(tmp_path / "ev" / "metrics.json").read())
     assert ev["bPQ"] == pytest.approx(last["val_bPQ"], abs=1e-6) and ev["f1"] == pytest.approx(last["val_f1"], abs=1e-6)
+
+
+def _check_mlflow_model(c, uri, run_id, dataset, runs, pannuke_dir):
+    """The run's lineage (dataset, label set, validation fold as its inputs) and its MLflow model:
+    registered once per training, loaded through the registry, it predicts on a validation image
+    what `stx predict` finds with the checkpoint it came from."""
+    import hashlib
+
+    import mlflow.pyfunc
+
+    from stx_platform.mlflow_model import run_model
+    from stx_platform.predict import predict_image_at
+    from stx_platform.sources.pannuke import PanNukeFold
+
+    run = c.get_run(run_id)
+    inputs = {i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags}) for i in run.inputs.dataset_inputs}
+    label_set = run.data.params["label_set_id"]
+    manifest = hashlib.sha256(open(f"{dataset}/manifest.json", "rb").read()).hexdigest()[:16]
+    assert inputs[os.path.basename(dataset)][0] == manifest
+    assert inputs[f"labels-{label_set}"][0] == label_set
+    assert inputs[os.path.basename(pannuke_dir)][1]["mlflow.data.context"] == "validation"
+    versions = sorted(c.search_model_versions("name = 'stx-test'"), key=lambda v: int(v.version))
+    assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id), (2, run_id)]
+    lm = run_model(uri, run_id)                             # the resumed run's model, from its best epoch
+    assert versions[1].source == lm.artifact_location
+    step = int(lm.tags["stx.step"])
+    assert {(o.model_id, o.step) for o in run.outputs.model_outputs} >= {(lm.model_id, step)} and step in (1, 2)
+    model = mlflow.pyfunc.load_model(c.get_model_version_download_uri("stx-test", "2"))
+    trained = C.load_trained_model(f"{runs}/r/checkpoint_epoch_{step:04d}")
+    net = model.unwrap_python_model().trained.model
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), trained.model.state_dict().values()))
+    fold = PanNukeFold(pannuke_dir)
+    images = np.stack([fold[i].image for i in range(2)])
+    out = model.predict(images)
+    for i in range(2):
+        want = predict_image_at(trained.model, images[i], None, class_names=trained.classes)
+        got = out[out["image"] == i]
+        assert got[["class_name", "x", "y", "area"]].values.tolist() == want[["class_name", "x", "y", "area"]].values.tolist()
 
 
 @pytest.mark.slow(seconds=150)

@@ -191,7 +191,7 @@ def test_sweep_relabels_trains_tracks_and_survives_a_failing_trial(dataset, pann
     # config that cannot label a slide
     sweep = SweepConfig(search="grid", space={"resolution": [3.0], "min_cells": [50, 10**6]})
     res = run_sweep(dataset, pannuke_dir, sweep, _train(), LabelConfig(), storage_url=str(tmp_path / "sweeps"),
-                    name="sw", mlflow_uri=uri, print_fn=lines.append)
+                    name="sw", mlflow_uri=uri, print_fn=lines.append, register_model="stx-test")
     rows = {r["min_cells"]: r for r in res.trials}
     assert len(rows) == 2 and not res.interrupted
     # the unlabellable config fails its trial with the reason; the sweep goes on
@@ -219,6 +219,13 @@ def test_sweep_relabels_trains_tracks_and_survives_a_failing_trial(dataset, pann
     for r in nested:
         assert r.info.status in ("FINISHED", "KILLED")
         assert r.data.params["labels.resolution"] == "3.0" and "val_mPQ" in r.data.metrics
+    # the best trial's model, tagged on the parent run, is the only one registered
+    from stx_platform.mlflow_model import run_model
+
+    best_model = run_model(uri, res.best["mlflow_run"])
+    assert parent.data.tags["stx.best_model"] == res.model["uri"] == f"models:/{best_model.model_id}"
+    assert res.model["registered"] == "stx-test/1"
+    assert [v.run_id for v in c.search_model_versions("name = 'stx-test'")] == [res.best["mlflow_run"]]
     # nothing is left holding the cluster: every trial's workers were released
     import ray
 

@@ -53,6 +53,7 @@ class TrainResult:
     tracking_uri: str
     seconds: float
     history: list[dict] = field(default_factory=list)
+    model: object | None = None       # the best checkpoint's MLflow model (mlflow_model.LoggedCellViT)
 
 
 class _Reporter(UserCallback):
@@ -199,19 +200,23 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                  resume: bool = False, label_set_id: str | None = None, mlflow_uri: str | None = None,
                  experiment: str = EXPERIMENT, on_epoch: Callable[[dict], None] | None = None,
                  mlflow_tags: dict | None = None, mlflow_params: dict | None = None, info: dict | None = None,
-                 callbacks: list | None = None, sample_ids: list[str] | None = None) -> TrainResult:
+                 callbacks: list | None = None, sample_ids: list[str] | None = None,
+                 register_model: str | None = None) -> TrainResult:
     """Train CellViT on ``dataset`` (a built dataset URL; only its slides ``sample_ids`` when given)
     with ``label_set_id`` (None: the labels the dataset was built with), validating on the PanNuke
     fold at ``validation`` every epoch.
 
     ``mlflow_tags``/``mlflow_params`` go to a new MLflow run beside the standard ones (a Tune trial
     tags its parent run), ``info`` into ``stx_run.json``; ``callbacks`` are extra Ray Train
-    callbacks (a Tune trial passes ``TuneReportCallback``)."""
+    callbacks (a Tune trial passes ``TuneReportCallback``). The best checkpoint is logged as the
+    run's MLflow model (:mod:`stx_platform.mlflow_model`), registered as ``register_model`` when
+    given; the dataset, label set and validation fold are the run's dataset inputs."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
 
+    from stx_platform.mlflow_model import log_lineage, log_model
     from stx_platform.training.ingest import training_dataset
 
     t0 = time.time()
@@ -249,6 +254,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
                                  **({} if sample_ids is None else {"sample_ids": ",".join(sorted(sample_ids))}),
                                  **(mlflow_params or {})})
         c.log_dict(run_id, manifest, "dataset/manifest.json")
+        log_lineage(uri, run_id, dataset, label_set_id, validation, sample_ids)
         info = {"name": name, "mlflow_run_id": run_id, "tracking_uri": redact(uri), "dataset": dataset,
                 "validation": validation, "label_set_id": label_set_id, "train": cfg.model_dump(mode="json"),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -304,7 +310,7 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
     finally:
         done.set()
         th.join(timeout=10)
-    best = None
+    best = model = None
     best_metrics: dict = {}
     if result.best_checkpoints:
         ckpt, best_metrics = max(result.best_checkpoints,      # ties: the later epoch
@@ -312,6 +318,9 @@ def run_training(dataset: str, validation: str, cfg: TrainConfig, *, storage_url
         best = ckpt.path if storage_fs is None else storage.join(storage_url, ckpt.path[len(storage_path):].lstrip("/"))
         with _checkpoint_files(ckpt, *MODEL_FILES) as d:
             c.log_artifacts(run_id, d, "checkpoint_best")
+            score = f"val_{cfg.metric}"
+            model = log_model(uri, run_id, d, step=int(best_metrics.get("epoch", 0)), register=register_model,
+                              tags={"stx.checkpoint": best, score: best_metrics.get(score)})
     c.set_terminated(run_id, "FINISHED")
     return TrainResult(run_dir, name, int((result.metrics or {}).get("epoch", 0)), dict(result.metrics or {}), best,
-                       dict(best_metrics), run_id, redact(uri), time.time() - t0, history)
+                       dict(best_metrics), run_id, redact(uri), time.time() - t0, history, model)

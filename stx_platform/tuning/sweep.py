@@ -53,6 +53,7 @@ class SweepResult:
     interrupted: bool
     seconds: float
     errors: list[str] = field(default_factory=list)
+    model: dict = field(default_factory=dict)   # the best trial's MLflow model: uri, registered, note
 
 
 def trial_dirname(trial) -> str:
@@ -143,9 +144,11 @@ def _trainable(ctx: TrialContext, db, resources: dict[str, float]):
 
 def run_sweep(dataset: str, validation: str, sweep: SweepConfig, train: TrainConfig, labels: LabelConfig, *,
               storage_url: str, name: str | None = None, mlflow_uri: str | None = None,
-              print_fn: Callable[[str], None] = print, callbacks: list | None = None) -> SweepResult:
+              print_fn: Callable[[str], None] = print, callbacks: list | None = None,
+              register_model: str | None = None) -> SweepResult:
     """Search label configs (from ``labels``, varied over ``sweep.space``) for the one whose labels
-    train the best CellViT (``sweep.metric`` on the PanNuke fold ``validation``)."""
+    train the best CellViT (``sweep.metric`` on the PanNuke fold ``validation``); the best
+    trial's MLflow model is registered as ``register_model`` when given."""
     t0 = time.time()
     storage_url, dataset, validation = (storage.absolute(u) for u in (storage_url, dataset, validation))
     uri = tracking_uri(mlflow_uri)
@@ -167,7 +170,8 @@ def run_sweep(dataset: str, validation: str, sweep: SweepConfig, train: TrainCon
                              "dataset": dataset, "validation": validation, "slides": len(slides)})
     info = {"name": name, "dataset": dataset, "validation": validation, "tune": sweep.model_dump(mode="json"),
             "train": train.model_dump(mode="json"), "labels": labels.model_dump(mode="json"),
-            "mlflow_run_id": parent, "tracking_uri": redact(uri), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "mlflow_run_id": parent, "tracking_uri": redact(uri), "register_model": register_model,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     storage.write_json(storage.join(sweep_dir, SWEEP_INFO), info)
     return _execute(info, sweep_dir, uri, False, print_fn, callbacks, t0)
 
@@ -250,7 +254,7 @@ def _execute(info: dict, sweep_dir: str, uri: str, resume: bool, print_fn, callb
     # an interrupted sweep has trials that never ended, or never started
     interrupted = results.num_terminated + results.num_errors < max(len(results), sweep.trials())
     rows = [_row(r, sweep, train, sweep_dir, interrupted) for r in results]
-    res = _finish(rows, sweep, labels, name, sweep_dir, uri, parent, interrupted)
+    res = _finish(rows, sweep, labels, name, sweep_dir, uri, parent, interrupted, info.get("register_model"))
     res.seconds = time.time() - t0
     return res
 
@@ -318,20 +322,22 @@ def _row(r, sweep: SweepConfig, train: TrainConfig, sweep_dir: str, interrupted:
 
 
 def _finish(rows: list[dict], sweep: SweepConfig, labels: LabelConfig, name: str, sweep_dir: str, uri: str,
-            parent: str, interrupted: bool) -> SweepResult:
-    """Summary files, best config, and the MLflow bookkeeping (parent artifacts, trial run states)."""
+            parent: str, interrupted: bool, register_model: str | None = None) -> SweepResult:
+    """Summary files, best config, and the MLflow bookkeeping (parent artifacts, trial run states,
+    the best trial's model tagged on the parent and registered)."""
     c = client(uri)
     params = list(sweep.space)
     title = f"Sweep {name}: val {sweep.metric} of {len(rows)} trial(s)"
     summary = S.write_summary(storage.join(sweep_dir, "summary"), rows, params, sweep.metric, title)
     best = S.best_trial(rows, sweep.metric)
-    best_url = None
+    best_url, model = None, {}
     if best is not None:
         best_url = storage.join(sweep_dir, "best_labels.yaml")
         storage.write_bytes(best_url, S.best_yaml(labels.model_dump(mode="json"), best, params, sweep.metric,
                                                   name).encode())
         log_metrics(uri, parent, {f"best_{sweep.metric}": best[sweep.metric]}, step=0)
         c.set_tag(parent, "stx.best_trial", best["trial"])
+        model = _best_model(uri, parent, best, register_model)
     for r in rows:    # trials stopped by ASHA or by an interrupt never closed their MLflow run
         if r["mlflow_run"] and c.get_run(r["mlflow_run"]).info.status == "RUNNING":
             c.set_terminated(r["mlflow_run"], "FAILED" if r["status"] == S.FAILED else "KILLED")
@@ -345,4 +351,20 @@ def _finish(rows: list[dict], sweep: SweepConfig, labels: LabelConfig, name: str
     c.set_terminated(parent, "KILLED" if interrupted else "FINISHED")
     errors = [f"{r['trial']}: {r['error']}" for r in rows if r["status"] == S.FAILED]
     return SweepResult(name, sweep_dir, sweep.metric, rows, best, best_url, summary, parent, redact(uri),
-                       interrupted, 0.0, errors)
+                       interrupted, 0.0, errors, model)
+
+
+def _best_model(uri: str, parent: str, best: dict, register_model: str | None) -> dict:
+    """The best trial's MLflow model (its run's latest), tagged on the sweep's parent run and
+    registered as ``register_model`` when given."""
+    from stx_platform.mlflow_model import register_model as register
+    from stx_platform.mlflow_model import run_model
+
+    lm = run_model(uri, best["mlflow_run"]) if best.get("mlflow_run") else None
+    if lm is None:
+        return {"note": f"trial {best['trial']} logged no model"}
+    out = {"uri": f"models:/{lm.model_id}", "registered": None, "note": ""}
+    client(uri).set_tag(parent, "stx.best_model", out["uri"])
+    if register_model:
+        out["registered"], out["note"] = register(uri, register_model, lm.model_id)
+    return out
