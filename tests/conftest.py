@@ -33,11 +33,13 @@ os.environ["STX_TRUST_DIR"] = os.path.join(RAY_TMPDIR, "trusted-sweeps")  # not 
 # Ray >= 2.59 turns token authentication on for local clusters and, finding no token, writes a new
 # one to ~/.ray/auth_token: heads started at once (each pytest worker's) overwrite each other's, and
 # the job CLI then sends a token its head does not know. The suite's Rays share one token instead,
-# in the suite's own folder, and the user's file is never written.
+# in the suite's own folder (the user's file is never written), and every Ray process and client
+# of the suite says token mode from the start (Ray reads the mode once per process).
 _token = Path(RAY_TMPDIR) / "auth_token"
 _token.write_text(secrets.token_hex(32))
 _token.chmod(0o600)
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token)
+os.environ["RAY_AUTH_MODE"] = "token"
 atexit.register(shutil.rmtree, RAY_TMPDIR, True)  # in every process that made one (xdist's too)
 SHARED = Path(os.environ.get("STX_SHARED_DIR", REPO.parent / "shared"))
 MARKERS = SHARED / "data" / "markers"
@@ -128,9 +130,8 @@ class RayHead:
         self.dashboard_port = free_port() if dashboard and not address else None
         cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", num_cpus, "--disable-usage-stats",
                "--dashboard-agent-listen-port", free_port()]
-        if address:        # a worker node; the head's token, which only a head assumes by default
+        if address:        # a worker node
             cmd += ["--address", address]
-            env = {**(os.environ if env is None else env), "RAY_AUTH_MODE": "token"}
         else:
             cmd += ["--head", f"--include-dashboard={str(dashboard).lower()}", "--port", free_port(),
                     "--ray-client-server-port", free_port()]
@@ -248,6 +249,9 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     port = free_port()
+    # its IAM holds AWS's managed policies (tests/test_iam.py runs Ray's launcher against it); set
+    # before any moto backend exists, as moto reads it when it makes its IAM backend
+    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",

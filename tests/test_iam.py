@@ -6,6 +6,7 @@ what Ray's launcher does with these profiles (its own code, against moto's IAM).
 import copy
 import fnmatch
 import json
+import os
 import re
 
 import pytest
@@ -138,22 +139,18 @@ def test_ecr_pull_policy_reads_only_the_image_repository(edited):
 
 
 @pytest.fixture
-def moto_iam(monkeypatch):
-    """moto's IAM, with AWS's managed policies loaded, in place of AWS for Ray's launcher."""
-    from moto import mock_aws
+def moto_iam(s3_server, monkeypatch):
+    """The suite's moto server (it answers every AWS service on one port) as AWS's IAM for Ray's
+    launcher, with AWS's managed policies loaded (conftest). Not moto's in-process mock: leaving it resets
+    every moto backend of the process, the S3 server's buckets included."""
     from ray.autoscaler._private.aws import config as aws_config
     from ray.autoscaler._private.aws.utils import client_cache, resource_cache
 
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")   # never a real account
     monkeypatch.setattr(aws_config.time, "sleep", lambda s: None)   # the launcher waits 15 s for IAM to propagate
     resource_cache.cache_clear()
     client_cache.cache_clear()
-    with mock_aws():
-        yield
+    yield
     resource_cache.cache_clear()
     client_cache.cache_clear()
 

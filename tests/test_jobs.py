@@ -154,7 +154,7 @@ class LocalCluster:
 
 
 @pytest.fixture
-def head_node(s3_server, tmp_path, monkeypatch):
+def head_node(s3_server, tmp_path):
     """A local cluster shaped like cluster.yaml's, with its MLflow server; yields (env for the job
     CLI, MLflow URI, the cluster)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -179,10 +179,8 @@ def head_node(s3_server, tmp_path, monkeypatch):
         cluster = LocalCluster(tmp_path, {**env, "MLFLOW_TRACKING_URI": uri})
         for _ in range(2):
             cluster.add_worker()
-        # Ray >= 2.59 turns token authentication on for local clusters; the job CLI and the state
-        # API send the token (the suite's, RAY_AUTH_TOKEN_PATH) when told to
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        yield {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.dashboard}, uri, cluster
+        # the job CLI and the state API send the suite's token (conftest: RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH)
+        yield {**env, "RAY_ADDRESS": cluster.dashboard}, uri, cluster
     finally:
         if cluster:
             cluster.stop()
