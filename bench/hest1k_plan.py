@@ -29,6 +29,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from stx_platform.training.config import INGEST_PER_CORE, TrainConfig
+
 #: HEST-1k Xenium training set (the paper's Table 1)
 SLIDES, PATCHES, NUCLEI = 51, 373_214, 6_643_746
 
@@ -39,7 +41,8 @@ class Rates:
     read_s_per_100k: float = 3.1        # read stage, s per 100k cells (bench/slide_task.py, 100k cells)
     label_s_per_100k: float = 26.6      # label stage, a fresh process's first call (same run)
     patches_per_s: float = 178.0        # patch stage of that task, patches/s (bench/build.py: 257/core CPU)
-    ingest_per_s: float = 1325.0        # training ingest, samples/s per core (bench/ingest.py)
+    # training ingest with the cellvit preset's augmentation, samples/s per core (bench/ingest.py)
+    ingest_per_s: float = INGEST_PER_CORE["albumentations"]
     task_gb_per_100k: float = 1.47      # the task's peak memory at 100k cells (5.6 GB measured at 500k)
 
 
@@ -62,8 +65,9 @@ def measure(rates: Rates) -> Rates:
         ds = bench_ingest.build_dataset(tmp, slides=2, cells=3000, seed=11)
         print(f"  built a 2-slide dataset in {time.perf_counter() - t:.0f} s", flush=True)
         urls, labels = shard_urls(ds), load_labels(ds)
-        rates.ingest_per_s = bench_ingest.rate(lambda: bench_ingest.ingest(urls, labels), 2)
-        print(f"  ingest: {rates.ingest_per_s:.0f} samples/s/core", flush=True)
+        aug = TrainConfig.preset_config("cellvit").augmentation
+        rates.ingest_per_s = bench_ingest.rate(lambda: bench_ingest.ingest(urls, labels, config=aug), 2)
+        print(f"  ingest (cellvit augmentation): {rates.ingest_per_s:.0f} samples/s/core", flush=True)
     import subprocess
 
     out = subprocess.run([sys.executable, os.path.join(here, "slide_task.py"), "--cells", "30000"],
