@@ -204,9 +204,23 @@ def bystander_head(tmp_path_factory):
     assert not drivers, f"drivers joined the bystander Ray head: {drivers}"
 
 
+_BUILT: dict[tuple[str, int], tuple[str, list]] = {}
+
+
 def build_small_dataset(out: str, hest_root: str, slides: int = 2) -> list:
-    """Build the first ``slides`` samples of ``hest_root`` into ``out`` with the paper's label config
-    and write the manifest, as ``stx build`` does (without Ray); returns the slide records."""
+    """The first ``slides`` samples of ``hest_root`` built into ``out`` with the paper's label
+    config, with the manifest, as ``stx build`` writes them (without Ray); returns the slide
+    records. Built once per test process and copied (a dataset holds no absolute path of its own)."""
+    key = (hest_root, slides)
+    if key not in _BUILT:
+        first = tempfile.mkdtemp(prefix="built-", dir=RAY_TMPDIR)
+        _BUILT[key] = first, _build_small_dataset(first, hest_root, slides)
+    src, recs = _BUILT[key]
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    return recs
+
+
+def _build_small_dataset(out: str, hest_root: str, slides: int) -> list:
     from stx_platform.build import slide as B
     from stx_platform.build.manifest import write_manifest
     from stx_platform.labels.config import LabelConfig
