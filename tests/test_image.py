@@ -2,7 +2,8 @@
 cluster.yaml's images; it installs the project from the pins in a layer after the dependencies';
 its smoke check passes here and names what is wrong; cluster.yaml's setup commands skip pip only
 on an image built from the checkout's pins; README's switch to the image gives a config Ray
-accepts; and, where a Docker daemon answers, the image builds and passes its smoke check."""
+accepts. Building the image needs a Docker daemon, which this machine lacks:
+`python deploy/image/build_check.py` builds and checks it where one runs.""" 
 
 import importlib.util
 import os
@@ -207,37 +208,3 @@ def test_readme_switch_to_the_baked_image_gives_a_valid_config(tmp_path):
     assert any(f"docker login --username AWS --password-stdin {host} " in c and f"--region {region} " in c
                for c in config["initialization_commands"])
     assert _without_images(config) == _without_images(plain)
-
-
-def _docker_or_skip() -> str:
-    docker = shutil.which("docker")
-    if not docker:
-        pytest.skip("no docker command here; README's build commands are checked as text only")
-    r = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        reason = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"no Docker daemon answers `docker info` ({reason})")
-    return docker
-
-
-@pytest.mark.slow(seconds=600)
-def test_image_builds_and_passes_its_smoke_check(raw_config):
-    docker = _docker_or_skip()
-    tag = f"stx-platform-test:{os.getpid()}"
-    r = subprocess.run([docker, "build", "-t", tag, "."], cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    try:
-        def run(*cmd: str, opts: tuple = ()) -> str:
-            out = subprocess.run([docker, "run", "--rm", *opts, tag, *cmd], capture_output=True, text=True, timeout=600)
-            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-            return out.stdout
-        py = re.search(r"-py(\d)(\d+)-", base_images()["cpu"]).groups()
-        assert run("python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])").strip() == ".".join(py)
-        assert run("bash", "-c", 'python "$STX_IMAGE_PINS/smoke.py" cpu').startswith("ok (cpu)")
-        assert "site-packages" in run("python", "-c", "import stx_platform; print(stx_platform.__file__)")
-        # cluster.yaml's setup command on this image, this checkout mounted as file_mounts does
-        out = run("bash", "-c", "pip() { echo PIP-RAN; }; " + raw_config["setup_commands"][0] + " && echo DONE",
-                  opts=("-v", f"{ROOT}:/home/ray/stx-platform:ro"))
-        assert "DONE" in out and "PIP-RAN" not in out
-    finally:
-        subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=300)
