@@ -16,6 +16,7 @@ head node only."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -85,6 +86,13 @@ def autoscaler_limits() -> dict[str, float]:
     path = config_path()
     if path is None:
         return {}
+    return dict(_file_limits(path, os.stat(path).st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_limits(path: str, mtime_ns: int) -> dict[str, float]:
+    """:func:`limits_from_config` of a launcher YAML, read once per version of the file (a build
+    asks for its size and its workers, and withdraws them, each through this)."""
     import yaml
 
     try:
