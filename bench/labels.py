@@ -10,7 +10,7 @@ the adjusted Rand index between stx's clusters and each recipe's, beside the ARI
 with itself under another Leiden seed (the noise floor: Leiden at r = 4 is not stable), the
 share of cells that get the same label from stx's clusters as from the recipe's, and the time
 of a relabel (new top-N / tau_vote / alpha) on a stage-cache hit. Both sides are warmed up first (numba compiles
-pynndescent once per process), so times are steady-state. Expression: synthetic breast slides.
+the recipe's pynndescent once per process, and loads stx's kernels), so times are steady-state. Expression: synthetic breast slides.
 
 stx is also timed as a Ray slide task sees it: imports + first call in a fresh process (numba's kernels loaded
 from the node's cache, as after one earlier task: ``stx_fresh_s``; from an empty cache: ``stx_cold_s``), with
@@ -147,7 +147,7 @@ def fresh_first_call(a: ad.AnnData, cache_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "X.npz")
         sp.save_npz(path, sp.csr_matrix(a.X))
-        env = {**os.environ, "STX_NUMBA_CACHE_DIR": cache_dir,
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir,
                "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
         out = subprocess.run([sys.executable, "-c", FRESH, path], capture_output=True, text=True, env=env, check=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -218,7 +218,7 @@ def main() -> None:
     warm = make_expression(9000, seed=5)
     for fn in (lambda: recipe(warm, "leidenalg"), lambda: recipe(warm, "igraph"), lambda: ours(warm)):
         fn()
-    print("warmed up (numba-compiled pynndescent, imports)\n")
+    print("warmed up (numba-compiled kernels: pynndescent for the recipe, stx's own; imports)\n")
     cold_dir = tempfile.mkdtemp(prefix="stx-numba-cold-")
     node_dir = tempfile.mkdtemp(prefix="stx-numba-node-")
     fresh_first_call(warm, node_dir)  # the node's earlier task: fills its cache

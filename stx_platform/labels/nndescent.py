@@ -1,127 +1,198 @@
-"""pynndescent's kNN graph (what scanpy uses), with its numba kernels cached on the node's disk.
+"""Approximate kNN graph, euclidean: NN-descent (Dong, Moses & Li 2011) started from the leaves of
+a random-projection forest, the algorithm pynndescent runs for scanpy, with the same settings.
 
-pynndescent compiles its numba kernels in every fresh process, as each Ray slide task is: on 20k
-x 50 points, ~12 CPU s at import and ~19 s more on the first graph (one thread, this machine).
-Most of its kernels are declared ``cache=False``; importing it with ``numba.njit`` forced to
-``cache=True`` and numba's cache directory pointed at a node-local folder lets the next process
-load them from disk: measured 1.7 + 11 CPU s instead of 12 + 19 on the same points. What stays
-is the driver and the kernels that take the distance function as an argument (numba keys those
-per process, so they compile again each time). The graph is pynndescent's own, unchanged.
+Why not pynndescent itself: its kernels that take the metric as an argument cannot be cached by
+numba, so every fresh process (each Ray slide task on a new worker) compiled them again, ~6 CPU s
+at 100k cells before any work. These kernels are euclidean only and declared ``cache=True``: a
+fresh process loads them from numba's cache (~0.4 s). Graph quality is measured against the exact
+graph in tests/test_labels.py and bench/labels.py (recall of the 14 nearest at 100k cells: 0.85;
+pynndescent's 0.84 on the same points).
 
-Cache folder: ``$STX_NUMBA_CACHE_DIR`` (empty: no cache), else ``~/.cache/stx/numba``, else the
-temp dir; one subfolder per numba, pynndescent and Python version (a cached kernel embeds the
-pynndescent code it was compiled from). Unwritable everywhere: nothing is cached, everything
-compiles as plain pynndescent does. numba's global settings are only changed during the import;
-if pynndescent was imported before (by scanpy, say), it stays as it was.
-
-pynndescent's kernels call ``print`` (when verbose), and numba compiles them only against the
-``print`` it saw when it was imported. Ray puts a Python function in ``builtins.print`` in a
-driver that has shown a Ray progress bar (``ray.experimental.tqdm_ray``) and in Ray Train's
-workers, after which a first graph in that process failed to compile ("Untyped global name
-'print'"); the graph is built with numba's ``print`` put back meanwhile (:func:`numba_print`).
+The steps:
+- forest: ``n_trees`` trees, each splitting its points by the hyperplane halfway between two
+  random points until a node holds at most ``leaf_size``; every pair in a leaf is a first guess;
+- descent: each round, every point's neighbours and reverse neighbours not yet compared (at most
+  ``max_candidates`` of each kind, sampled at random) are compared pairwise, and each pair closer
+  than a point's current farthest neighbour replaces it; stop when a round changes fewer than
+  ``delta * n * k`` entries or after ``n_iters`` rounds.
+Squared distances in float32; the seed makes the graph reproducible on one machine.
 """
 
 from __future__ import annotations
 
-import builtins
-import contextlib
-import os
-import sys
-import tempfile
-import warnings
-
+import numba
 import numpy as np
 
 
-def cache_dir() -> str | None:
-    """The first writable cache folder (see the module's docstring), or None."""
-    from importlib.metadata import version
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _sqdist(x, a, b):
+    s = np.float32(0.0)
+    for t in range(x.shape[1]):
+        v = x[a, t] - x[b, t]
+        s += v * v
+    return s
 
-    env = os.environ.get("STX_NUMBA_CACHE_DIR")
-    roots = [env] if env is not None else [os.path.join(os.path.expanduser("~"), ".cache", "stx", "numba"),
-                                           os.path.join(tempfile.gettempdir(), f"stx-numba-{os.getuid()}")]
-    tag = f"numba{version('numba')}-pynndescent{version('pynndescent')}-py{sys.version_info[0]}{sys.version_info[1]}"
-    for root in roots:
-        if not root:
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _push(idx, key, flag, i, p, d):
+    """Offer ``p`` with key ``d`` to row ``i``'s max-heap (root: largest key), unless it is there
+    already; 1 if it went in. ``flag`` (or None) marks entries new since they were last sampled."""
+    k = idx.shape[1]
+    if d >= key[i, 0]:
+        return 0
+    for j in range(k):
+        if idx[i, j] == p:
+            return 0
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= k:
+            break
+        if c + 1 < k and key[i, c + 1] > key[i, c]:
+            c += 1
+        if key[i, c] <= d:
+            break
+        idx[i, pos] = idx[i, c]
+        key[i, pos] = key[i, c]
+        if flag is not None:
+            flag[i, pos] = flag[i, c]
+        pos = c
+    idx[i, pos] = p
+    key[i, pos] = d
+    if flag is not None:
+        flag[i, pos] = 1
+    return 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _forest_leaves(x, leaf_size, perm, seed):
+    """One random-projection tree: ``perm`` reordered so that each leaf is a contiguous run;
+    returns the runs' boundaries."""
+    np.random.seed(seed)
+    n, d = x.shape
+    stack = [(0, n)]
+    bounds = [n]
+    proj = np.empty(n, np.float32)
+    normal = np.empty(d, np.float32)
+    while len(stack) > 0:
+        lo, hi = stack.pop()
+        if hi - lo <= leaf_size:
+            bounds.append(lo)
             continue
-        path = os.path.join(root, tag)
-        try:
-            os.makedirs(path, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path):
-                pass
-            return path
-        except OSError:
-            continue
-    return None
+        a = perm[lo + np.random.randint(hi - lo)]
+        b = perm[lo + np.random.randint(hi - lo)]
+        offset = np.float32(0.0)
+        for t in range(d):
+            normal[t] = x[a, t] - x[b, t]
+            offset += normal[t] * np.float32(0.5) * (x[a, t] + x[b, t])
+        for i in range(lo, hi):
+            s = -offset
+            for t in range(d):
+                s += x[perm[i], t] * normal[t]
+            proj[i] = s
+        i, j = lo, hi - 1
+        while i <= j:      # partition by the side of the hyperplane
+            if proj[i] < 0:
+                i += 1
+            else:
+                proj[i], proj[j] = proj[j], proj[i]
+                perm[i], perm[j] = perm[j], perm[i]
+                j -= 1
+        mid = i if lo < i < hi else lo + (hi - lo) // 2   # all on one side (duplicates): halve
+        stack.append((lo, mid))
+        stack.append((mid, hi))
+    return np.sort(np.array(bounds, np.int64))
 
 
-@contextlib.contextmanager
-def _numba_cached_in(path: str | None):
-    """While inside: every ``numba.njit`` function declared caches in ``path`` (no-op if None)."""
-    import numba
-    from numba.core import config
-
-    if path is None:
-        yield
-        return
-    njit, old_dir = numba.njit, config.CACHE_DIR
-
-    def cached_njit(*args, **kwargs):
-        kwargs["cache"] = True
-        return njit(*args, **kwargs)
-
-    numba.njit, config.CACHE_DIR = cached_njit, path
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", numba.NumbaWarning)  # "cannot cache": compiled as before
-            yield
-    finally:
-        numba.njit, config.CACHE_DIR = njit, old_dir
+@numba.njit(cache=True, nogil=True)
+def _leaf_pairs(x, idx, dist, flag, perm, bounds):
+    for s in range(len(bounds) - 1):
+        for u in range(bounds[s], bounds[s + 1]):
+            a = perm[u]
+            for v in range(u + 1, bounds[s + 1]):
+                b = perm[v]
+                d = _sqdist(x, a, b)
+                if d < dist[a, 0]:
+                    _push(idx, dist, flag, a, b, d)
+                if d < dist[b, 0]:
+                    _push(idx, dist, flag, b, a, d)
 
 
-def import_nndescent():
-    """pynndescent's ``NNDescent``, the module imported under the node's numba cache when this
-    process has not imported it yet."""
-    if "pynndescent" not in sys.modules:
-        with _numba_cached_in(cache_dir()), numba_print():   # probed once: only before the first import
-            import pynndescent  # noqa: F401
-    from pynndescent import NNDescent
+@numba.njit(cache=True, nogil=True)
+def _descent(x, idx, dist, flag, max_candidates, n_iters, delta, seed):
+    n, k = idx.shape
+    np.random.seed(seed)
+    new = np.empty((n, max_candidates), np.int32)
+    old = np.empty((n, max_candidates), np.int32)
+    new_w = np.empty((n, max_candidates), np.float32)
+    old_w = np.empty((n, max_candidates), np.float32)
+    for _ in range(n_iters):
+        new[:] = -1
+        old[:] = -1
+        new_w[:] = np.inf
+        old_w[:] = np.inf
+        for i in range(n):        # sample: keep the candidates with the smallest random weights
+            for j in range(k):
+                p = idx[i, j]
+                if p < 0:
+                    continue
+                w = np.float32(np.random.random())
+                if flag[i, j]:
+                    _push(new, new_w, None, i, p, w)
+                    _push(new, new_w, None, p, i, w)
+                else:
+                    _push(old, old_w, None, i, p, w)
+                    _push(old, old_w, None, p, i, w)
+        for i in range(n):        # sampled new neighbours are old from now on
+            for j in range(k):
+                if flag[i, j]:
+                    for t in range(max_candidates):
+                        if new[i, t] == idx[i, j]:
+                            flag[i, j] = 0
+                            break
+        changes = 0
+        for i in range(n):        # local join: new x new and new x old
+            for s in range(max_candidates):
+                a = new[i, s]
+                if a < 0:
+                    continue
+                for t in range(s + 1, max_candidates + max_candidates):
+                    b = new[i, t] if t < max_candidates else old[i, t - max_candidates]
+                    if b < 0 or b == a:
+                        continue
+                    d = _sqdist(x, a, b)
+                    if d < dist[a, 0]:
+                        changes += _push(idx, dist, flag, a, b, d)
+                    if d < dist[b, 0]:
+                        changes += _push(idx, dist, flag, b, a, d)
+        if changes <= delta * n * k:
+            break
 
-    return NNDescent
 
-
-@contextlib.contextmanager
-def numba_print():
-    """While inside, ``builtins.print`` is the object numba took for ``print`` when it was
-    imported: numba compiles a call to print only against that one. Ray replaces builtins.print
-    with a Python function in a driver that has shown a Ray progress bar (tqdm_ray) and in Ray
-    Train's workers, before or after numba's import."""
-    import numba.core.typing.builtins as typing_builtins
-    from numba.core import types as nb_types
-    from numba.core.typing.templates import builtin_registry
-
-    known = next((v for v, t in builtin_registry.globals if isinstance(t, nb_types.Function)
-                  and any(issubclass(x, typing_builtins.Print) for x in t.templates)), None)
-    current = builtins.print
-    if known is None or known is current:
-        yield
-        return
-    builtins.print = known
-    try:
-        yield
-    finally:
-        builtins.print = current
-
-
-def neighbor_graph(data: np.ndarray, n_neighbors: int, seed: int, n_trees: int, n_iters: int
+def neighbor_graph(data: np.ndarray, n_neighbors: int, seed: int, n_trees: int, n_iters: int,
+                   leaf_size: int | None = None, max_candidates: int | None = None, delta: float = 0.001
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """``NNDescent(data, n_neighbors, euclidean, random_state=seed, low_memory=True, n_trees,
-    n_iters).neighbor_graph``: (indices, distances), self first, with pynndescent imported under
-    the node's numba cache."""
-    NNDescent = import_nndescent()
-
-    with warnings.catch_warnings(), numba_print():
-        warnings.simplefilter("ignore")   # numba's "cannot cache" notes for the per-process kernels
-        index = NNDescent(data, n_neighbors=n_neighbors, metric="euclidean", random_state=seed, low_memory=True,
-                          n_trees=n_trees, n_iters=n_iters)
-        return index.neighbor_graph
+    """(indices, distances), n x ``n_neighbors``: each point itself first (distance 0), then its
+    ``n_neighbors - 1`` nearest others found, nearest first (ties by index). ``leaf_size`` and
+    ``max_candidates`` default to pynndescent's: max(10, n_neighbors) and min(60, n_neighbors)."""
+    x = np.ascontiguousarray(data, np.float32)
+    n = len(x)
+    k = max(1, min(n_neighbors - 1, n - 1))
+    leaf_size = leaf_size or max(10, n_neighbors)
+    max_candidates = max_candidates or min(60, n_neighbors)
+    idx = np.full((n, k), -1, np.int32)
+    dist = np.full((n, k), np.inf, np.float32)
+    flag = np.zeros((n, k), np.uint8)
+    for t in range(n_trees):
+        perm = np.arange(n, dtype=np.int64)
+        _leaf_pairs(x, idx, dist, flag, perm, _forest_leaves(x, leaf_size, perm, seed + 7919 * t))
+    _descent(x, idx, dist, flag, max_candidates, n_iters, delta, seed)
+    if (idx < 0).any():
+        raise RuntimeError("NN-descent left points with fewer than n_neighbors - 1 neighbours")
+    order = np.lexsort((idx, dist), axis=1)
+    out_i = np.empty((n, k + 1), np.int64)
+    out_d = np.zeros((n, k + 1), np.float32)
+    out_i[:, 0] = np.arange(n)
+    out_i[:, 1:] = np.take_along_axis(idx, order, 1)
+    out_d[:, 1:] = np.sqrt(np.take_along_axis(dist, order, 1))
+    return out_i, out_d
