@@ -14,12 +14,16 @@ the recipe's pynndescent once per process, and loads stx's kernels), so times ar
 
 stx is also timed as a Ray slide task sees it: imports + first call in a fresh process (numba's kernels loaded
 from the node's cache, as after one earlier task: ``stx_fresh_s``; from an empty cache: ``stx_cold_s``), with
-its per-stage times; the target (issue 22) is stx_fresh_s <= 1/3 of recipe-igraph's. ``old`` is stx's
-clustering as of git revision --baseline (ARI and equal partition against it: the "same clusters" contract).
+its per-stage times; the target (issue 22) is stx_fresh_s <= 1/3 of recipe-igraph's. ``old`` is git revision
+--baseline's code run the same way in the same run (its tree exported, its own kernels and cache): its fresh
+time and its clusters (ARI, equal partition, same labels against it). ``--exact`` also clusters the exact kNN
+graph (minutes at 100k cells) and reports how many cells each clustering labels as that one does, beside
+the exact graph under another Leiden seed (the noise floor of that agreement).
 
     python bench/labels.py                     # 20k, 100k and 200k cells
     python bench/labels.py --cells 20000       # quicker
     python bench/labels.py --cells 100000 500000 --no-extras
+    python bench/labels.py --cells 100000 --exact --baseline REV
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from revision import module_at
+from revision import export_tree
 
 warnings.filterwarnings("ignore")
 
@@ -110,22 +114,9 @@ def ours(a: ad.AnnData) -> np.ndarray:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def old_cluster_module(rev: str):
-    """``stx_platform/labels/cluster.py`` as of git revision ``rev``, as a module."""
-    return module_at(rev, "stx_platform/labels/cluster.py")
-
-
-def old_clusters(a: ad.AnnData, mod) -> np.ndarray:
-    from stx_platform.labels.config import LabelConfig
-
-    cfg = LabelConfig()
-    pcs = mod.pca(mod.normalise_log1p(a.X), cfg.n_pcs)
-    conn = mod.fuzzy_connectivities(*mod.knn(pcs, cfg.n_neighbors, cfg.seed))
-    return mod.leiden(conn, cfg.resolution, cfg.seed)
-
-
 FRESH = """
 import sys, time, json
+import numpy as np
 import scipy.sparse as sp
 import anndata as ad, pandas as pd
 X = sp.load_npz(sys.argv[1])
@@ -137,21 +128,38 @@ from stx_platform.labels.config import LabelConfig
 from stx_platform.labels.pipeline import cluster_stages
 clusters, _, _, timings = cluster_stages(a, LabelConfig(), StageCache(None, "bench"))
 timings["seconds"] = time.perf_counter() - t
+np.save(sys.argv[2], clusters)
 print("RESULT " + json.dumps(timings))
 """
 
 
-def fresh_first_call(a: ad.AnnData, cache_dir: str) -> dict:
-    """Per-stage times and total seconds (imports + the first cluster_stages call) of stx in a new
-    Python process, numba's cache in ``cache_dir``."""
+def fresh_first_call(a: ad.AnnData, cache_dir: str, tree: str = ROOT) -> tuple[dict, np.ndarray]:
+    """(per-stage times and total seconds of imports + the first cluster_stages call, clusters) of
+    the code in ``tree`` in a new Python process, numba's cache in ``cache_dir`` (the variable
+    earlier revisions read for pynndescent's cache too)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "X.npz")
+        path, out = os.path.join(tmp, "X.npz"), os.path.join(tmp, "clusters.npy")
         sp.save_npz(path, sp.csr_matrix(a.X))
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir,
-               "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-        out = subprocess.run([sys.executable, "-c", FRESH, path], capture_output=True, text=True, env=env, check=True)
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "STX_NUMBA_CACHE_DIR": cache_dir,
+               "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])}
+        run = subprocess.run([sys.executable, "-c", FRESH, path, out], capture_output=True, text=True, env=env,
+                             cwd=tree)
+        if run.returncode:
+            raise RuntimeError(f"first call in a fresh process failed ({tree}):\n{run.stderr[-3000:]}")
+        clusters = np.load(out)
+    line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):]), clusters
+
+
+def exact_clusters(a: ad.AnnData, seeds=(0, 1)) -> list[np.ndarray]:
+    """Clusters of the exact kNN graph (this code's PCA and Leiden), one per Leiden seed."""
+    from stx_platform.labels import cluster as C
+    from stx_platform.labels.config import LabelConfig
+
+    cfg = LabelConfig()
+    pcs = C.pca(C.normalise_log1p(a.X), cfg.n_pcs)
+    conn = C.fuzzy_connectivities(*C.exact_knn(pcs, cfg.n_neighbors))
+    return [C.leiden(conn, cfg.resolution, s) for s in seeds]
 
 
 def _rss() -> int:
@@ -208,20 +216,24 @@ def main() -> None:
     ap.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000, 200_000])
     ap.add_argument("--default-recipe-max", type=int, default=100_000,
                     help="skip the leidenalg recipe above this many cells (it takes tens of minutes)")
-    ap.add_argument("--baseline", default="3a0d2c6", help="git revision of the clustering to compare with")
+    ap.add_argument("--baseline", default="3a0d2c6", help="git revision whose code is timed and compared with")
     ap.add_argument("--no-extras", action="store_true",
                     help="skip the reseeded noise floor, the relabel timing and the cold-cache first call "
                          "(quicker at 500k cells)")
+    ap.add_argument("--exact", action="store_true",
+                    help="also label from the exact kNN graph, the reference for every clustering's labels")
     args = ap.parse_args()
 
-    old = old_cluster_module(args.baseline)
+    tmp = tempfile.mkdtemp(prefix="stx-bench-labels-")
+    old_tree = export_tree(args.baseline, tmp)
     warm = make_expression(9000, seed=5)
     for fn in (lambda: recipe(warm, "leidenalg"), lambda: recipe(warm, "igraph"), lambda: ours(warm)):
         fn()
     print("warmed up (numba-compiled kernels: pynndescent for the recipe, stx's own; imports)\n")
-    cold_dir = tempfile.mkdtemp(prefix="stx-numba-cold-")
-    node_dir = tempfile.mkdtemp(prefix="stx-numba-node-")
+    cold_dir, node_dir, old_node_dir = (os.path.join(tmp, d) for d in ("cold", "node", "old-node"))
     fresh_first_call(warm, node_dir)  # the node's earlier task: fills its cache
+    fresh_first_call(warm, old_node_dir, old_tree)
+    nan = float("nan")
     rows = []
     for n in args.cells:
         t = time.perf_counter()
@@ -232,24 +244,26 @@ def main() -> None:
             t_r, m_r, ad_r = measured(recipe, a, "leidenalg")
         else:
             print("  (leidenalg recipe skipped: --default-recipe-max)")
-            t_r, m_r, ad_r = float("nan"), float("nan"), None
+            t_r, m_r, ad_r = nan, nan, None
         t_o, m_o, (cl_o, stages) = measured(ours, a)
-        fresh = fresh_first_call(a, node_dir)
-        cold = {"seconds": float("nan")} if args.no_extras else fresh_first_call(a, tempfile.mkdtemp(dir=cold_dir))
-        cl_old = old_clusters(a, old)
+        fresh, _ = fresh_first_call(a, node_dir)
+        old_fresh, cl_old = fresh_first_call(a, old_node_dir, old_tree)
+        cold = {"seconds": nan} if args.no_extras else fresh_first_call(a, tempfile.mkdtemp(dir=tmp))[0]
         cl_i = ad_i.obs["leiden"].astype(int).to_numpy()
         cl_r = ad_r.obs["leiden"].astype(int).to_numpy() if ad_r is not None else None
-        nan = float("nan")
         first, again = (nan, nan) if args.no_extras else relabel_time(a)
         db = default_markers()
         lab_o, lab_i, lab_old = labels_from(a, cl_o, db), labels_from(a, cl_i, db), labels_from(a, cl_old, db)
         ratio = fresh["seconds"] / t_i
         row = {"cells": a.n_obs, "recipe_s": t_r, "recipe_igraph_s": t_i, "stx_s": t_o,
-               "stx_fresh_s": fresh["seconds"], "stx_cold_s": cold["seconds"],
+               "stx_fresh_s": fresh["seconds"], "stx_cold_s": cold["seconds"], "old_fresh_s": old_fresh["seconds"],
                "stx/recipe": t_o / t_r, "stx/recipe_igraph": t_o / t_i, "stx_fresh/recipe_igraph": ratio,
-               "stx_cold/recipe_igraph": cold["seconds"] / t_i, "target_1/3_met": bool(ratio <= 1 / 3),
+               "stx_cold/recipe_igraph": cold["seconds"] / t_i,
+               "old_fresh/recipe_igraph": old_fresh["seconds"] / t_i,
+               "stx_fresh/old_fresh": fresh["seconds"] / old_fresh["seconds"], "target_1/3_met": bool(ratio <= 1 / 3),
                **{f"stage_{k}_s": v for k, v in stages.items()},
                **{f"fresh_{k}_s": v for k, v in fresh.items() if k != "seconds"},
+               **{f"old_fresh_{k}_s": v for k, v in old_fresh.items() if k != "seconds"},
                "ARI_old": ari(cl_o, cl_old), "equal_partition_old": bool(np.array_equal(cl_o, cl_old)),
                "same_label_as_old": float(np.mean(lab_o == lab_old)),
                "ARI_recipe": ari(cl_o, cl_r) if cl_r is not None else nan, "ARI_recipe_igraph": ari(cl_o, cl_i),
@@ -261,6 +275,10 @@ def main() -> None:
                "clusters_stx": int(cl_o.max()) + 1, "clusters_recipe_igraph": int(cl_i.max()) + 1,
                "peak_GB_recipe": m_r, "peak_GB_recipe_igraph": m_i, "peak_GB_stx": m_o,
                "label_first_s": first, "relabel_cached_s": again}
+        if args.exact:
+            lab_x, lab_x1 = (labels_from(a, c, db) for c in exact_clusters(a))
+            row.update({f"same_label_as_exact_{k}": float(np.mean(lab == lab_x)) for k, lab in
+                        (("stx", lab_o), ("old", lab_old), ("recipe_igraph", lab_i), ("exact_reseeded", lab_x1))})
         rows.append(row)
         for k, v in row.items():
             print(f"  {k:>24}: {v:.3f}" if isinstance(v, float) else f"  {k:>24}: {v}", flush=True)
@@ -268,8 +286,7 @@ def main() -> None:
               f"{'met' if row['target_1/3_met'] else 'NOT met'} ({ratio:.3f})", flush=True)
     print()
     print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.3f}"))
-    shutil.rmtree(cold_dir, ignore_errors=True)
-    shutil.rmtree(node_dir, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
