@@ -38,12 +38,12 @@ SLIDES, PATCHES, NUCLEI = 51, 373_214, 6_643_746
 @dataclass
 class Rates:
     """Per-core figures (one thread): the defaults are the figures measured here, docs/scaling.md."""
-    read_s_per_100k: float = 1.5        # read stage, s per 100k cells (bench/slide_task.py, 100k cells)
-    label_s_per_100k: float = 9.9       # label stage, a fresh process's first call (same run)
-    patches_per_s: float = 287.0        # patch stage of that task, patches/s (bench/build.py: 390/core CPU)
+    read_s_per_100k: float = 1.6        # read stage, s per 100k cells (bench/slide_task.py, 100k cells)
+    label_s_per_100k: float = 7.9       # label stage, a fresh process's first call (same run)
+    patches_per_s: float = 294.0        # patch stage of that task, patches/s (bench/build.py: 390/core CPU)
     # training ingest with the cellvit preset's augmentation, samples/s per core (bench/ingest.py)
     ingest_per_s: float = INGEST_PER_CORE["albumentations"]
-    task_gb_per_100k: float = 1.30      # the task's peak memory at 100k cells (5.6 GB measured at 500k)
+    task_gb_per_100k: float = 1.29      # the task's peak memory at 100k cells (5.6 GB measured at 500k)
 
 
 def measure(rates: Rates) -> Rates:

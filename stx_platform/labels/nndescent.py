@@ -5,8 +5,8 @@ Why not pynndescent itself: its kernels that take the metric as an argument cann
 numba, so every fresh process (each Ray slide task on a new worker) compiled them again, ~6 CPU s
 at 100k cells before any work. These kernels are euclidean only and declared ``cache=True``: a
 fresh process loads them from numba's cache (~0.4 s). Graph quality is measured against the exact
-graph in tests/test_labels.py and docs/scaling.md (recall of the 14 nearest on synthetic PCA
-scores: 0.840 at 100k cells and 0.755 at 500k, pynndescent's 0.839 and 0.759 on the same points).
+graph in tests/test_labels.py and bench/knn.py (recall of the 14 nearest on synthetic PCA scores:
+0.836 at 100k cells and 0.755 at 500k, pynndescent's 0.839 and 0.759 on the same points).
 
 The steps:
 - forest: ``n_trees`` trees, each splitting its points by the hyperplane halfway between two
