@@ -24,22 +24,19 @@ from labels import make_expression  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def umap_settings(n: int) -> dict:
-    """The forest size and round cap scanpy's neighbors (through UMAP) gives pynndescent."""
-    return {"n_trees": min(64, 5 + round(n ** 0.5 / 20.0)), "n_iters": max(5, round(np.log2(n)))}
-
-
 def stx_graph(pcs: np.ndarray, k: int, seed: int) -> np.ndarray:
-    from stx_platform.labels.nndescent import neighbor_graph
+    from stx_platform.labels.nndescent import neighbor_graph, scanpy_settings
 
-    return neighbor_graph(pcs, k + 1, seed, **umap_settings(len(pcs)))[0]
+    return neighbor_graph(pcs, k + 1, seed, **scanpy_settings(len(pcs)))[0]
 
 
 def pynndescent_graph(pcs: np.ndarray, k: int, seed: int) -> np.ndarray:
     from pynndescent import NNDescent
 
+    from stx_platform.labels.nndescent import scanpy_settings
+
     return NNDescent(pcs, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
-                     **umap_settings(len(pcs))).neighbor_graph[0]
+                     **scanpy_settings(len(pcs))).neighbor_graph[0]
 
 
 def true_neighbours(pcs: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

@@ -236,7 +236,7 @@ def main() -> None:
     for fn in (lambda: recipe(warm, "leidenalg"), lambda: recipe(warm, "igraph"), lambda: ours(warm)):
         fn()
     print("warmed up (numba-compiled kernels: pynndescent for the recipe, stx's own; imports)\n")
-    cold_dir, node_dir, old_node_dir = (os.path.join(tmp, d) for d in ("cold", "node", "old-node"))
+    node_dir, old_node_dir = os.path.join(tmp, "node"), os.path.join(tmp, "old-node")
     fresh_first_call(warm, node_dir)  # the node's earlier task: fills its cache
     fresh_first_call(warm, old_node_dir, old_tree)
     nan = float("nan")

@@ -3,7 +3,7 @@ cluster.yaml's images; it installs the project from the pins in a layer after th
 its smoke check passes here and names what is wrong; cluster.yaml's setup commands skip pip only
 on an image built from the checkout's pins; README's switch to the image gives a config Ray
 accepts. Building the image needs a Docker daemon, which this machine lacks:
-`python deploy/image/build_check.py` builds and checks it where one runs.""" 
+`python deploy/image/build_check.py` builds and checks it where one runs."""
 
 import importlib.util
 import os

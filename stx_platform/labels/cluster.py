@@ -47,8 +47,7 @@ def pca(X: sp.csr_matrix, n_pcs: int = 50, block: int = 16384) -> np.ndarray:
     upper = np.zeros((g, g))
     for lo in range(0, n, block):
         rows = X[lo:lo + block]
-        dense = rows.toarray() if sp.issparse(rows) else np.array(rows, np.float32)
-        dense = np.asarray(dense, np.float32) - mu32
+        dense = (rows.toarray() if sp.issparse(rows) else np.asarray(rows)).astype(np.float32, copy=False) - mu32
         upper += ssyrk(1.0, dense, trans=1)   # upper triangle of dense.T @ dense
     cov = (np.triu(upper) + np.triu(upper, 1).T) / n
     vals, vecs = np.linalg.eigh(cov)
@@ -70,10 +69,9 @@ def knn(pcs: np.ndarray, k: int = 15, seed: int = 0) -> tuple[np.ndarray, np.nda
     k = min(k, n)
     if n < EXACT_KNN_BELOW:
         return exact_knn(pcs, k)
-    from stx_platform.labels.nndescent import neighbor_graph
+    from stx_platform.labels.nndescent import neighbor_graph, scanpy_settings
 
-    idx, dist = neighbor_graph(pcs, k + 1, seed, n_trees=min(64, 5 + round(n ** 0.5 / 20.0)),
-                               n_iters=max(5, round(np.log2(n))))
+    idx, dist = neighbor_graph(pcs, k + 1, seed, **scanpy_settings(n))
     return idx[:, :k], dist[:, :k]
 
 

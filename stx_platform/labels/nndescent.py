@@ -184,6 +184,12 @@ def _descent(x, idx, dist, flag, max_candidates, n_iters, delta, seed):
             break
 
 
+def scanpy_settings(n: int) -> dict:
+    """The forest size and round cap scanpy's ``neighbors`` (through UMAP) gives pynndescent for
+    ``n`` points."""
+    return {"n_trees": min(64, 5 + round(n ** 0.5 / 20.0)), "n_iters": max(5, round(np.log2(n)))}
+
+
 def neighbor_graph(data: np.ndarray, n_neighbors: int, seed: int, n_trees: int, n_iters: int,
                    leaf_size: int | None = None, max_candidates: int | None = None, delta: float = 0.001
                    ) -> tuple[np.ndarray, np.ndarray]:
